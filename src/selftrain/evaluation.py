@@ -1,0 +1,93 @@
+"""Greedy accuracy of a student on task examples, written per example and resumable."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.table import Table
+
+from selftrain import progress
+from selftrain.io import JsonlWriter, read_jsonl
+from selftrain.models import Student
+from selftrain.sampling import SamplingParams, generate
+from selftrain.tasks.base import Example, Task
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion."""
+    if n == 0:
+        return (0.0, 0.0)
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def evaluate(
+    student: Student,
+    task: Task,
+    examples: Sequence[Example],
+    *,
+    max_new_tokens: int = 96,
+    batch_size: int = 64,
+    out: str | Path | None = None,
+    label: str = "eval",
+) -> dict:
+    """Greedy-decode every example and judge it. With ``out`` (a JSONL file), each answer is
+    appended as it is made and a rerun only decodes the examples not yet in the file."""
+    done = {r["id"]: r for r in read_jsonl(out)} if out else {}
+    todo = [e for e in examples if e.id not in done]
+    by_id = {e.id: e for e in examples}
+    if todo:
+        params = SamplingParams(k=1, greedy=True, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        items = [(e.id, student.prompt_ids(task.prompt(e))) for e in todo]
+        writer = JsonlWriter(out) if out else None
+        with progress.bar(label, len(todo)) as bar:
+            for batch in generate(student, items, params):
+                records = []
+                for qid, texts, lengths in batch:
+                    ex = by_id[qid]
+                    records.append({
+                        "id": qid,
+                        "completion": texts[0],
+                        "extracted": task.extract(texts[0]),
+                        "gold": ex.answer,
+                        "correct": task.is_correct(texts[0], ex),
+                        "tokens": lengths[0],
+                    })
+                for r in records:
+                    done[r["id"]] = r
+                if writer:
+                    writer.write_many(records)
+                bar.advance(len(batch))
+        if writer:
+            writer.close()
+    rows = [done[e.id] for e in examples]
+    correct = sum(r["correct"] for r in rows)
+    lo, hi = wilson_interval(correct, len(rows))
+    return {
+        "accuracy": round(correct / max(1, len(rows)), 4),
+        "n": len(rows),
+        "ci95": [round(lo, 4), round(hi, 4)],
+        "mean_tokens": round(sum(r["tokens"] for r in rows) / max(1, len(rows)), 1),
+    }
+
+
+def accuracy_table(metrics: dict, models: Sequence[str], splits: Sequence[str]) -> Table:
+    """A rich table: one row per model, accuracy (and n) per split."""
+    table = Table(title="accuracy (greedy)")
+    table.add_column("model")
+    for s in splits:
+        table.add_column(s, justify="right")
+    for m in models:
+        if m not in metrics or not isinstance(metrics[m], dict):
+            continue
+        cells = []
+        for s in splits:
+            r = metrics[m].get(s)
+            cells.append(f"{100 * r['accuracy']:.1f} (n={r['n']})" if r else "-")
+        table.add_row(m, *cells)
+    return table

@@ -1,0 +1,1 @@
+"""Recipes: each a short script over tasks, models, sampling, preference, training, evaluation."""

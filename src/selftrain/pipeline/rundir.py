@@ -1,0 +1,85 @@
+"""The run directory: the resolved recipe, which stages are done, stage timings, metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from selftrain.config import Recipe
+from selftrain.io import read_json, write_json_atomic, write_text_atomic
+from selftrain.progress import log
+
+
+class RunDirError(RuntimeError):
+    pass
+
+
+class RunDir:
+    """A run directory is the source of truth: a stage marked done is never recomputed."""
+
+    def __init__(self, path: str | Path, recipe: Recipe):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        resolved = recipe.model_dump(mode="json")
+        saved = self.path / "recipe.yaml"
+        if saved.exists():
+            old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+            if old != resolved:
+                diff = sorted(_diff_keys(old, resolved))
+                raise RunDirError(
+                    f"{self.path} holds a run of a different recipe (keys that differ: "
+                    f"{', '.join(diff[:8])}); resume it with the same recipe or use another "
+                    "--run-dir"
+                )
+        else:
+            write_text_atomic(saved, yaml.safe_dump(resolved, sort_keys=False))
+        self._state_path = self.path / "state.json"
+        self.state: dict[str, Any] = (
+            read_json(self._state_path) if self._state_path.exists() else {"done": [], "seconds": {}}
+        )
+        self._metrics_path = self.path / "metrics.json"
+        self.metrics: dict[str, Any] = (
+            read_json(self._metrics_path) if self._metrics_path.exists() else {}
+        )
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def done(self, stage: str) -> bool:
+        return stage in self.state["done"]
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a stage (seconds add up across resumed attempts) and mark it done on success."""
+        log.info("stage %s", name)
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            secs = self.state["seconds"]
+            secs[name] = round(secs.get(name, 0.0) + time.monotonic() - start, 1)
+            self._save_state()
+        self.state["done"].append(name)
+        self._save_state()
+
+    def set_metric(self, key: str, value: Any) -> None:
+        self.metrics[key] = value
+        self.metrics["stage_seconds"] = dict(self.state["seconds"])
+        write_json_atomic(self._metrics_path, self.metrics)
+
+    def _save_state(self) -> None:
+        write_json_atomic(self._state_path, self.state)
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: set[str] = set()
+        for k in set(a) | set(b):
+            out |= _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return set() if a == b else {prefix.rstrip(".")}

@@ -1,0 +1,282 @@
+"""Self-refine instruction-tuning (Ranaldi & Freitas, 2024), end to end.
+
+Stages, each resumable from the run directory:
+  data -> base eval -> demos -> sft (+ eval) -> samples -> pairs -> dpo (+ eval)
+  -> sft_more control (+ eval) -> report.
+Stage 1 tunes the student on verified teacher demonstrations; stage 2 has it answer training
+questions itself, rewards its paths by the ground truth and runs DPO against the stage-1 model.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import torch
+
+from selftrain import tasks
+from selftrain.config import Recipe
+from selftrain.evaluation import accuracy_table, evaluate
+from selftrain.io import JsonlWriter, read_jsonl, write_json_atomic
+from selftrain.models import Student
+from selftrain.pipeline.rundir import RunDir
+from selftrain.preference import correct_vs_wrong, cot_vs_direct
+from selftrain.progress import bar, console, log, setup_logging
+from selftrain.sampling import SamplingParams, generate
+from selftrain.tasks.base import Example, Task
+from selftrain.training.dpo import reference_logps, train_dpo
+from selftrain.training.sft import train_sft, validation_loss
+
+MODELS = ("base", "sft", "sft_more", "dpo")
+
+
+def run(recipe: Recipe, run_dir: str | Path) -> dict:
+    """Run (or resume) the SRIT recipe in ``run_dir``; return metrics.json's content."""
+    rd = RunDir(run_dir, recipe)
+    setup_logging(rd / "log.txt")
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    torch.manual_seed(recipe.seed)
+    task = tasks.get(recipe.task.name, **recipe.task.args)
+    splits = _data(rd, task, recipe)
+    student = Student.load(recipe.student)
+    log.info("student %s: %.1fM parameters, %.2fM trainable", recipe.student.model,
+             sum(p.numel() for p in student.model.parameters()) / 1e6,
+             sum(p.numel() for p in student.trainable_parameters()) / 1e6)
+
+    if recipe.eval.evaluate_base:
+        _evaluate_stage(rd, "base", student, task, splits, recipe, n=recipe.eval.base_n)
+
+    demos = _demos(rd, task, splits["train"], recipe)
+    sft_data = [(student.prompt_ids(task.prompt(by_id)), student.completion_ids(text))
+                for by_id, text in _demo_examples(splits["train"], demos)]
+
+    if not rd.done("sft"):
+        with rd.stage("sft"):
+            val = splits["validation"][: recipe.sft.val_questions]
+            val_data = [(student.prompt_ids(task.prompt(e)), student.completion_ids(e.rationale))
+                        for e in val if e.rationale]
+
+            def validate() -> dict:
+                acc = evaluate(student, task, val, max_new_tokens=recipe.sft.max_new_tokens,
+                               batch_size=recipe.eval.batch_size, label="sft validation")
+                out = {"accuracy": acc["accuracy"]}
+                if val_data:
+                    out["loss"] = round(validation_loss(student, val_data), 4)
+                return out
+
+            c = recipe.sft
+            res = train_sft(student, sft_data, lr=c.lr, batch_size=c.batch_size,
+                            epochs=c.max_epochs, weight_decay=c.weight_decay,
+                            warmup_ratio=c.warmup_ratio, grad_clip=c.grad_clip, seed=recipe.seed,
+                            validate=validate, eval_every=c.eval_every, patience=c.patience)
+            student.save(rd / "sft" / "model")
+            write_json_atomic(rd / "sft" / "history.json", res.history)
+            rd.set_metric("sft_training", {"steps": res.steps, "best_step": res.best_step,
+                                           "examples": len(sft_data)})
+    _evaluate_stage(rd, "sft", student, task, splits, recipe, weights=rd / "sft" / "model")
+
+    samples = _samples(rd, student, task, splits["train"], recipe)
+    pairs = _pairs(rd, samples, demos, recipe)
+
+    dpo_steps = rd.metrics.get("dpo_training", {}).get("steps", 0)
+    if not pairs:
+        msg = ("no preference pairs: every sampled path was right, or every one wrong with no "
+               "teacher fallback; DPO and its control are skipped")
+        log.warning(msg)
+        rd.set_metric("dpo", {"skipped": msg})
+    else:
+        if not rd.done("dpo"):
+            with rd.stage("dpo"):
+                student.load_weights(rd / "sft" / "model")
+                tok = [(student.prompt_ids(task.prompt(_by_id(splits["train"], p["id"]))),
+                        student.completion_ids(p["chosen"]), student.completion_ids(p["rejected"]))
+                       for p in pairs]
+                ref = reference_logps(student, tok)
+                res = train_dpo(student, tok, recipe.dpo, seed=recipe.seed, ref=ref)
+                student.save(rd / "dpo" / "model")
+                write_json_atomic(rd / "dpo" / "history.json", res.history)
+                dpo_steps = res.steps
+                rd.set_metric("dpo_training", {"steps": res.steps, "pairs": len(pairs),
+                                               "last": res.history[-1]})
+        _evaluate_stage(rd, "dpo", student, task, splits, recipe, weights=rd / "dpo" / "model")
+
+        if recipe.sft_more:
+            if not rd.done("sft_more_train"):
+                with rd.stage("sft_more_train"):
+                    student.load_weights(rd / "sft" / "model")
+                    c = recipe.sft
+                    train_sft(student, sft_data, lr=c.lr, batch_size=c.batch_size,
+                              max_steps=dpo_steps, weight_decay=c.weight_decay,
+                              warmup_ratio=c.warmup_ratio, grad_clip=c.grad_clip,
+                              seed=recipe.seed + 1, label="sft_more")
+                    student.save(rd / "sft_more" / "model")
+                    rd.set_metric("sft_more_training", {"steps": dpo_steps})
+            _evaluate_stage(rd, "sft_more", student, task, splits, recipe,
+                            weights=rd / "sft_more" / "model")
+
+    console.print(accuracy_table(rd.metrics, MODELS, recipe.eval.splits))
+    console.print(f"stage seconds: {rd.state['seconds']}")
+    console.print(f"metrics: {rd / 'metrics.json'}")
+    return rd.metrics
+
+
+# ---- stages ----------------------------------------------------------------------------------
+def _data(rd: RunDir, task: Task, recipe: Recipe) -> dict[str, list[Example]]:
+    """Write the splits the run uses to data/, once; later stages and resumes read them."""
+    needed = {"train", "validation", *recipe.eval.splits}
+    missing = needed - set(task.splits())
+    if missing:
+        raise ValueError(f"task '{recipe.task.name}' has no split(s) {sorted(missing)}; "
+                         f"it has {task.splits()} (recipe key eval.splits)")
+    if not rd.done("data"):
+        with rd.stage("data"):
+            n_train = max(recipe.teacher.n_questions, recipe.sampling.n_questions)
+            for split in sorted(needed):
+                n = {"train": n_train, "validation": recipe.sft.val_questions}.get(
+                    split, recipe.eval.n_per_split.get(split, recipe.eval.n))
+                examples = task.load(split, n)
+                with JsonlWriter(rd / "data" / f"{split}.jsonl") as w:
+                    w.write_many(e.to_dict() for e in examples)
+    return {s: [Example.from_dict(d) for d in read_jsonl(rd / "data" / f"{s}.jsonl")]
+            for s in needed}
+
+
+def _evaluate_stage(rd: RunDir, name: str, student: Student, task: Task, splits: dict,
+                    recipe: Recipe, n: int | None = None, weights: Path | None = None) -> None:
+    stage = f"eval_{name}"
+    if rd.done(stage):
+        return
+    with rd.stage(stage):
+        if weights is not None:
+            student.load_weights(weights)
+        result = {}
+        for split in recipe.eval.splits:
+            examples = splits[split][:n] if n else splits[split]
+            result[split] = evaluate(student, task, examples,
+                                     max_new_tokens=recipe.eval.max_new_tokens,
+                                     batch_size=recipe.eval.batch_size,
+                                     out=rd / "eval" / name / f"{split}.jsonl",
+                                     label=f"eval {name} {split}")
+            log.info("%s %s: %s", name, split, result[split])
+        rd.set_metric(name, result)
+
+
+def _demos(rd: RunDir, task: Task, train: list[Example], recipe: Recipe) -> dict[str, str]:
+    """Teacher demonstrations for the first n training questions, kept when verified."""
+    path = rd / "demos.jsonl"
+    if not rd.done("demos"):
+        with rd.stage("demos"):
+            have = {r["id"] for r in read_jsonl(path)}
+            with JsonlWriter(path) as w:
+                for e in train[: recipe.teacher.n_questions]:
+                    if e.id in have:
+                        continue
+                    text = _teacher(task, e, recipe.teacher.kind)
+                    ok = text is not None and task.is_correct(text, e)
+                    w.write({"id": e.id, "teacher": recipe.teacher.kind, "text": text, "kept": ok})
+            rows = read_jsonl(path)
+            kept = sum(r["kept"] for r in rows)
+            rd.set_metric("demos", {"questions": len(rows), "kept": kept,
+                                    "kept_fraction": round(kept / max(1, len(rows)), 4)})
+    return {r["id"]: r["text"] for r in read_jsonl(path) if r["kept"]}
+
+
+def _teacher(task: Task, e: Example, kind: str) -> str | None:
+    if kind == "gold":
+        return e.rationale
+    demonstrate = getattr(task, "demonstration", None)
+    if demonstrate is None:
+        raise ValueError(f"task '{task.name}' has no solver; use teacher.kind: gold")
+    return demonstrate(e)
+
+
+def _demo_examples(train: list[Example], demos: dict[str, str]) -> list[tuple[Example, str]]:
+    return [(e, demos[e.id]) for e in train if e.id in demos]
+
+
+def _by_id(examples: list[Example], qid: str) -> Example:
+    for e in examples:
+        if e.id == qid:
+            return e
+    raise KeyError(qid)
+
+
+def _samples(rd: RunDir, student: Student, task: Task, train: list[Example],
+             recipe: Recipe) -> dict[str, dict[str, list[dict]]]:
+    """k sampled paths per training question (CoT; also direct answers for cot_vs_direct),
+    each judged against the ground truth; appended per batch, resumed per question."""
+    styles = ["cot"] + (["direct"] if recipe.pairs.policy == "cot_vs_direct" else [])
+    questions = train[: recipe.sampling.n_questions]
+    by_id = {e.id: e for e in questions}
+    path = rd / "samples.jsonl"
+    if not rd.done("samples"):
+        with rd.stage("samples"):
+            student.load_weights(rd / "sft" / "model")
+            s = recipe.sampling
+            for style in styles:
+                have = {r["id"] for r in read_jsonl(path) if r["style"] == style}
+                todo = [e for e in questions if e.id not in have]
+                k = s.k if style == "cot" else 1
+                params = SamplingParams(k=k, greedy=False, temperature=s.temperature,
+                                        top_p=s.top_p, max_new_tokens=s.max_new_tokens,
+                                        batch_size=s.batch_size, seed=recipe.seed + len(have))
+                items = [(e.id, student.prompt_ids(_styled(task.prompt(e), style, recipe)))
+                         for e in todo]
+                with JsonlWriter(path) as w, bar(f"sample {style}", len(todo) * k) as b:
+                    for batch in generate(student, items, params):
+                        rows = []
+                        for qid, texts, lengths in batch:
+                            for text, n in zip(texts, lengths, strict=True):
+                                ok = task.is_correct(text, by_id[qid])
+                                rows.append({"id": qid, "style": style, "text": text,
+                                             "correct": ok, "tokens": n})
+                        w.write_many(rows)
+                        b.advance(len(rows))
+            rd.set_metric("samples", _sample_stats(read_jsonl(path), recipe.sampling.k))
+    out: dict[str, dict[str, list[dict]]] = {s: {} for s in styles}
+    for r in read_jsonl(path):
+        out[r["style"]].setdefault(r["id"], []).append(r)
+    return out
+
+
+def _styled(prompt: str, style: str, recipe: Recipe) -> str:
+    return prompt if style == "cot" else f"{prompt}\n{recipe.pairs.direct_instruction}"
+
+
+def _sample_stats(rows: list[dict], k: int) -> dict:
+    cot = [r for r in rows if r["style"] == "cot"]
+    per_q: dict[str, list[bool]] = {}
+    for r in cot:
+        per_q.setdefault(r["id"], []).append(r["correct"])
+    return {
+        "questions": len(per_q),
+        "paths": len(cot),
+        "path_accuracy": round(sum(r["correct"] for r in cot) / max(1, len(cot)), 4),
+        f"pass@{k}": round(sum(any(v) for v in per_q.values()) / max(1, len(per_q)), 4),
+        "all_correct": sum(all(v) for v in per_q.values()),
+        "none_correct": sum(not any(v) for v in per_q.values()),
+        "mean_tokens": round(statistics.fmean(r["tokens"] for r in cot), 1) if cot else 0,
+    }
+
+
+def _pairs(rd: RunDir, samples: dict, demos: dict[str, str], recipe: Recipe) -> list[dict]:
+    path = rd / "pairs.jsonl"
+    if not rd.done("pairs"):
+        with rd.stage("pairs"):
+            p = recipe.pairs
+            if p.policy == "correct_vs_wrong":
+                pairs = correct_vs_wrong(samples["cot"], demos, max_pairs=p.max_pairs_per_question,
+                                         teacher_fallback=p.teacher_fallback, seed=recipe.seed)
+            else:
+                pairs = cot_vs_direct(samples["cot"], samples["direct"],
+                                      max_pairs=p.max_pairs_per_question, seed=recipe.seed)
+            path.unlink(missing_ok=True)
+            with JsonlWriter(path) as w:
+                w.write_many(pairs)
+            rd.set_metric("pairs", {
+                "pairs": len(pairs),
+                "questions": len({x["id"] for x in pairs}),
+                "chosen_from_teacher": sum(x["chosen_from"] == "teacher" for x in pairs),
+            })
+    return read_jsonl(path)

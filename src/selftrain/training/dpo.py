@@ -1,0 +1,137 @@
+"""DPO on preference pairs, the loss chosen by config (sigmoid or IPO), optional NLL on chosen.
+
+The reference model is the policy as it stands when training starts (the stage-1 model): its
+log-probabilities of every chosen and rejected answer are computed once, before the first step,
+so no second copy of the model is kept or run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from selftrain import progress
+from selftrain.config import DPOConfig
+from selftrain.models import Student
+from selftrain.training.loop import batches, collate, optimizer_and_schedule, token_logps
+
+log = logging.getLogger(__name__)
+
+Pair = tuple[list[int], list[int], list[int]]  # prompt, chosen, rejected token ids
+
+
+@dataclass
+class DPOResult:
+    steps: int
+    history: list[dict] = field(default_factory=list)
+
+
+def preference_loss(
+    pi_chosen: torch.Tensor,
+    pi_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+    kind: str = "sigmoid",
+) -> torch.Tensor:
+    """Per-pair DPO loss from summed log-probs. sigmoid: -log σ(β·h); IPO: (h - 1/(2β))²,
+    where h is the policy's log-ratio margin over the reference's."""
+    h = (pi_chosen - ref_chosen) - (pi_rejected - ref_rejected)
+    if kind == "sigmoid":
+        return -F.logsigmoid(beta * h)
+    if kind == "ipo":
+        return (h - 1 / (2 * beta)) ** 2
+    raise ValueError(f"unknown DPO loss '{kind}' (sigmoid, ipo)")
+
+
+@torch.no_grad()
+def reference_logps(student: Student, pairs: Sequence[Pair], batch_size: int = 16) -> torch.Tensor:
+    """[n_pairs, 2] summed log-probs of (chosen, rejected) under the current weights."""
+    student.model.eval()
+    out = []
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i : i + batch_size]
+        seqs = [(p, c) for p, c, _ in chunk] + [(p, r) for p, _, r in chunk]
+        ids, mask, labels = collate(seqs, student.pad_id, student.device)
+        logp, _ = token_logps(student, ids, mask, labels)
+        out.append(torch.stack([logp[: len(chunk)], logp[len(chunk) :]], dim=1).float().cpu())
+    return torch.cat(out) if out else torch.zeros((0, 2))
+
+
+def train_dpo(
+    student: Student,
+    pairs: Sequence[Pair],
+    cfg: DPOConfig,
+    *,
+    seed: int = 0,
+    ref: torch.Tensor | None = None,
+    label: str = "dpo",
+) -> DPOResult:
+    """Train the student on ``pairs``; ``ref`` are precomputed reference log-probs."""
+    if not pairs:
+        raise ValueError(f"{label}: no preference pairs")
+    if ref is None:
+        ref = reference_logps(student, pairs)
+    rng = random.Random(seed)
+    lengths = [len(p) + max(len(c), len(r)) for p, c, r in pairs]
+    per_epoch = math.ceil(len(pairs) / cfg.batch_size)
+    total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * per_epoch
+    opt, sched = optimizer_and_schedule(
+        student.trainable_parameters(), cfg.lr, cfg.weight_decay, total, cfg.warmup_ratio
+    )
+    result = DPOResult(steps=0)
+    plan: list[list[int]] = []
+    student.model.train()
+    with progress.bar(label, total) as bar:
+        while result.steps < total:
+            if not plan:
+                plan = batches(len(pairs), cfg.batch_size, rng, lengths)
+            idx = plan.pop(0)
+            chunk = [pairs[i] for i in idx]
+            seqs = [(p, c) for p, c, _ in chunk] + [(p, r) for p, _, r in chunk]
+            ids, mask, labels = collate(seqs, student.pad_id, student.device)
+            logp, count = token_logps(student, ids, mask, labels)
+            n = len(chunk)
+            pi_c, pi_r = logp[:n], logp[n:]
+            ref_c, ref_r = ref[idx, 0].to(logp.device), ref[idx, 1].to(logp.device)
+            losses = preference_loss(pi_c, pi_r, ref_c, ref_r, cfg.beta, cfg.loss)
+            loss = losses.mean()
+            if cfg.nll_weight > 0:
+                loss = loss + cfg.nll_weight * (-(pi_c / count[:n]).mean())
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.trainable_parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            result.steps += 1
+            with torch.no_grad():
+                margin = (pi_c - ref_c) - (pi_r - ref_r)
+                entry = {
+                    "step": result.steps,
+                    "loss": round(loss.item(), 4),
+                    "reward_accuracy": round((margin > 0).float().mean().item(), 3),
+                    "margin": round(cfg.beta * margin.mean().item(), 4),
+                    # watch this: DPO can push the chosen answers' likelihood down too
+                    "chosen_logp_change": round((pi_c - ref_c).mean().item(), 3),
+                    "rejected_logp_change": round((pi_r - ref_r).mean().item(), 3),
+                }
+            result.history.append(entry)
+            bar.advance()
+            bar.note(f"loss {entry['loss']:.3f} acc {entry['reward_accuracy']:.2f}")
+    student.model.eval()
+    last = result.history[-min(10, len(result.history)) :]
+    log.info(
+        "%s: %d steps; last steps: reward acc %.2f, chosen logp change %.2f, rejected %.2f",
+        label,
+        result.steps,
+        sum(e["reward_accuracy"] for e in last) / len(last),
+        sum(e["chosen_logp_change"] for e in last) / len(last),
+        sum(e["rejected_logp_change"] for e in last) / len(last),
+    )
+    return result
