@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Annotated
@@ -23,15 +24,23 @@ def _overrides(pairs: list[str]) -> dict:
         *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads "1e-4" as a string
+            with contextlib.suppress(ValueError):
+                parsed = float(parsed)
+        node[leaf] = parsed
     return out
 
 
 @app.command()
 def run(
-    recipe: Annotated[Path | None, typer.Argument(help="recipe YAML; default: the embedded one")] = None,
+    recipe: Annotated[
+        Path | None, typer.Argument(help="recipe YAML; default: the embedded one")
+    ] = None,
     run_dir: Annotated[Path | None, typer.Option(help="run directory (default: runs/NAME)")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: sft.lr=1e-4")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override a key: sft.lr=1e-4")
+    ] = None,
 ) -> None:
     """Run a recipe end to end; rerunning the same command resumes where it stopped."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

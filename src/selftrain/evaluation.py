@@ -42,7 +42,9 @@ def evaluate(
     todo = [e for e in examples if e.id not in done]
     by_id = {e.id: e for e in examples}
     if todo:
-        params = SamplingParams(k=1, greedy=True, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        params = SamplingParams(
+            k=1, greedy=True, max_new_tokens=max_new_tokens, batch_size=batch_size
+        )
         items = [(e.id, student.prompt_ids(task.prompt(e))) for e in todo]
         writer = JsonlWriter(out) if out else None
         with progress.bar(label, len(todo)) as bar:
@@ -50,14 +52,16 @@ def evaluate(
                 records = []
                 for qid, texts, lengths in batch:
                     ex = by_id[qid]
-                    records.append({
-                        "id": qid,
-                        "completion": texts[0],
-                        "extracted": task.extract(texts[0]),
-                        "gold": ex.answer,
-                        "correct": task.is_correct(texts[0], ex),
-                        "tokens": lengths[0],
-                    })
+                    records.append(
+                        {
+                            "id": qid,
+                            "completion": texts[0],
+                            "extracted": task.extract(texts[0]),
+                            "gold": ex.answer,
+                            "correct": task.is_correct(texts[0], ex),
+                            "tokens": lengths[0],
+                        }
+                    )
                 for r in records:
                     done[r["id"]] = r
                 if writer:

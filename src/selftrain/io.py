@@ -38,6 +38,11 @@ def read_json(path: str | Path) -> Any:
         raise ValueError(f"{path}: line {e.lineno}: invalid JSON: {e.msg}") from e
 
 
+def write_jsonl_atomic(path: str | Path, records: Iterable[dict]) -> None:
+    """Replace a JSONL file's content in one atomic step."""
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """Read a JSONL file. A torn last line (a killed writer) is dropped; any other bad line
     raises an error naming the file and line."""
@@ -69,8 +74,13 @@ class JsonlWriter:
             data = self.path.read_bytes()
             if data and not data.endswith(b"\n"):
                 keep = data.rfind(b"\n") + 1
-                with open(self.path, "r+b") as f:
-                    f.truncate(keep)
+                try:  # a complete record that only lacks its newline is kept
+                    json.loads(data[keep:])
+                    with open(self.path, "ab") as f:
+                        f.write(b"\n")
+                except ValueError:
+                    with open(self.path, "r+b") as f:
+                        f.truncate(keep)
         self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def write(self, record: dict) -> None:

@@ -30,13 +30,19 @@ def correct_vs_wrong(
         source = "self"
         if not good and teacher_fallback and qid in demos:
             good, source = [demos[qid]], "teacher"
+        bad = [t for t in bad if t not in good]
         if not good or not bad:
             continue
         rng.shuffle(good)
         rng.shuffle(bad)
         for i, rejected in enumerate(bad[:max_pairs]):
             pairs.append(
-                {"id": qid, "chosen": good[i % len(good)], "rejected": rejected, "chosen_from": source}
+                {
+                    "id": qid,
+                    "chosen": good[i % len(good)],
+                    "rejected": rejected,
+                    "chosen_from": source,
+                }
             )
     return pairs
 
@@ -59,8 +65,12 @@ def cot_vs_direct(
         for i, rejected in enumerate(bad[:max_pairs]):
             if good:
                 pairs.append(
-                    {"id": qid, "chosen": good[i % len(good)], "rejected": rejected,
-                     "chosen_from": "self"}
+                    {
+                        "id": qid,
+                        "chosen": good[i % len(good)],
+                        "rejected": rejected,
+                        "chosen_from": "self",
+                    }
                 )
     return pairs
 

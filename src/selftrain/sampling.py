@@ -1,4 +1,4 @@
-"""Batched generation of k completions per prompt with a KV cache (transformers' generate).
+"""Batched generation of k completions per prompt with a KV cache.
 
 Prompts are sorted by length so a batch carries little padding, and each batch holds whole
 prompts (all k samples of a prompt together) so callers can write results per prompt and a
@@ -35,45 +35,116 @@ def generate(
 ) -> Iterator[list[tuple[Any, list[str], list[int]]]]:
     """Yield, per batch, ``(key, k completion texts, k completion token counts)`` for each
     ``(key, prompt_ids)`` item. ``on_tokens`` receives the number of tokens each batch made."""
-    from transformers import GenerationConfig
-
     model = student.model
     per_batch = max(1, params.batch_size // params.k)
     order = sorted(range(len(items)), key=lambda i: len(items[i][1]))
-    gen_cfg = GenerationConfig(
-        max_new_tokens=params.max_new_tokens,
-        do_sample=not params.greedy,
-        temperature=params.temperature if not params.greedy else None,
-        top_p=params.top_p if not params.greedy else None,
-        top_k=0 if not params.greedy else None,
-        num_return_sequences=params.k,
-        eos_token_id=student.eos_id,
-        pad_token_id=student.pad_id,
-    )
     was_training = model.training
     model.eval()
     try:
-        for b, start in enumerate(range(0, len(order), per_batch)):
-            batch = [items[i] for i in order[start : start + per_batch]]
-            ids, mask = _left_pad([p for _, p in batch], student.pad_id, student.device)
-            torch.manual_seed(params.seed * 1_000_003 + b)
-            with torch.no_grad(), student.autocast():
-                out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg)
-            new = out[:, ids.shape[1] :].tolist()
-            results, made = [], 0
-            for j, (key, _) in enumerate(batch):
-                texts, lengths = [], []
-                for seq in new[j * params.k : (j + 1) * params.k]:
-                    seq = _until_eos(seq, student.eos_id)
-                    texts.append(student.decode(seq))
-                    lengths.append(len(seq))
-                    made += len(seq)
-                results.append((key, texts, lengths))
-            if on_tokens:
-                on_tokens(made)
-            yield results
+        with student.merged():
+            for b, start in enumerate(range(0, len(order), per_batch)):
+                batch = [items[i] for i in order[start : start + per_batch]]
+                ids, mask = _left_pad([p for _, p in batch], student.pad_id, student.device)
+                gen = torch.Generator(device="cpu").manual_seed(params.seed * 1_000_003 + b)
+                with torch.no_grad(), student.autocast():
+                    new = decode(model, ids, mask, params, student.eos_id, gen)
+                results, made = [], 0
+                for j, (key, _) in enumerate(batch):
+                    seqs = new[j * params.k : (j + 1) * params.k]
+                    results.append((key, [student.decode(s) for s in seqs], [len(s) for s in seqs]))
+                    made += sum(len(s) for s in seqs)
+                if on_tokens:
+                    on_tokens(made)
+                yield results
     finally:
         model.train(was_training)
+
+
+@torch.no_grad()
+def decode(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    params: SamplingParams,
+    eos_id: int,
+    gen: torch.Generator | None = None,
+) -> list[list[int]]:
+    """Decode ``params.k`` continuations of each left-padded prompt; return their tokens
+    (without EOS), prompt-major: rows ``i*k .. i*k+k-1`` belong to prompt ``i``.
+
+    Hand-written rather than ``model.generate`` because it is about twice as fast here: one
+    prefill is shared by the k samples of a prompt (the cache is repeated after it), only the
+    last position's logits are computed, and rows that have finished are dropped from the
+    batch (and its KV cache) instead of being decoded on as padding.
+    """
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=getattr(model, "config", None))
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=pos,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    logits = out.logits[:, -1].float()
+    last = pos[:, -1:]
+    if params.k > 1:
+        cache.batch_repeat_interleave(params.k)
+        logits = logits.repeat_interleave(params.k, 0)
+        mask = mask.repeat_interleave(params.k, 0)
+        last = last.repeat_interleave(params.k, 0)
+    rows = list(range(logits.shape[0]))  # output row of each batch row
+    done = [False] * len(rows)
+    outputs: list[list[int]] = [[] for _ in rows]
+    for step in range(params.max_new_tokens):
+        nxt = _pick(logits, params, gen)
+        for j, t in enumerate(nxt.tolist()):
+            if done[j]:
+                continue  # finished rows ride along until the next compaction
+            if t == eos_id:
+                done[j] = True
+            else:
+                outputs[rows[j]].append(t)
+        live = [j for j, d in enumerate(done) if not d]
+        if not live or step == params.max_new_tokens - 1:
+            break
+        # Compacting copies the whole cache: do it once a quarter of the rows have finished.
+        if len(rows) - len(live) >= max(1, len(rows) // 4):
+            keep = torch.tensor(live, device=nxt.device)
+            cache.batch_select_indices(keep)
+            mask, last, nxt = mask[keep], last[keep], nxt[keep]
+            rows = [rows[j] for j in live]
+            done = [False] * len(rows)
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        last = last + 1
+        out = model(
+            input_ids=nxt[:, None],
+            attention_mask=mask,
+            position_ids=last,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        logits = out.logits[:, -1].float()
+    return outputs
+
+
+def _pick(
+    logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None
+) -> torch.Tensor:
+    if params.greedy:
+        return logits.argmax(-1)
+    logits = logits / params.temperature
+    if params.top_p < 1.0:
+        sorted_logits, order = logits.sort(-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > params.top_p  # keep the token crossing top_p
+        sorted_logits[drop] = float("-inf")
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
 
 
 def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +155,3 @@ def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
         ids[i, width - len(s) :] = torch.tensor(s)
         mask[i, width - len(s) :] = 1
     return ids.to(device), mask.to(device)
-
-
-def _until_eos(seq: list[int], eos_id: int) -> list[int]:
-    return seq[: seq.index(eos_id)] if eos_id in seq else seq

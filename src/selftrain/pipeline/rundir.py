@@ -40,7 +40,9 @@ class RunDir:
             write_text_atomic(saved, yaml.safe_dump(resolved, sort_keys=False))
         self._state_path = self.path / "state.json"
         self.state: dict[str, Any] = (
-            read_json(self._state_path) if self._state_path.exists() else {"done": [], "seconds": {}}
+            read_json(self._state_path)
+            if self._state_path.exists()
+            else {"done": [], "seconds": {}}
         )
         self._metrics_path = self.path / "metrics.json"
         self.metrics: dict[str, Any] = (

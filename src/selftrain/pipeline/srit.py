@@ -10,6 +10,7 @@ questions itself, rewards its paths by the ground truth and runs DPO against the
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ import torch
 from selftrain import tasks
 from selftrain.config import Recipe
 from selftrain.evaluation import accuracy_table, evaluate
-from selftrain.io import JsonlWriter, read_jsonl, write_json_atomic
+from selftrain.io import JsonlWriter, read_jsonl, write_json_atomic, write_jsonl_atomic
 from selftrain.models import Student
 from selftrain.pipeline.rundir import RunDir
 from selftrain.preference import correct_vs_wrong, cot_vs_direct
@@ -40,40 +41,66 @@ def run(recipe: Recipe, run_dir: str | Path) -> dict:
     task = tasks.get(recipe.task.name, **recipe.task.args)
     splits = _data(rd, task, recipe)
     student = Student.load(recipe.student)
-    log.info("student %s: %.1fM parameters, %.2fM trainable", recipe.student.model,
-             sum(p.numel() for p in student.model.parameters()) / 1e6,
-             sum(p.numel() for p in student.trainable_parameters()) / 1e6)
+    log.info(
+        "student %s: %.1fM parameters, %.2fM trainable",
+        recipe.student.model,
+        sum(p.numel() for p in student.model.parameters()) / 1e6,
+        sum(p.numel() for p in student.trainable_parameters()) / 1e6,
+    )
 
     if recipe.eval.evaluate_base:
         _evaluate_stage(rd, "base", student, task, splits, recipe, n=recipe.eval.base_n)
 
     demos = _demos(rd, task, splits["train"], recipe)
-    sft_data = [(student.prompt_ids(task.prompt(by_id)), student.completion_ids(text))
-                for by_id, text in _demo_examples(splits["train"], demos)]
+    sft_data = [
+        (student.prompt_ids(task.prompt(by_id)), student.completion_ids(text))
+        for by_id, text in _demo_examples(splits["train"], demos)
+    ]
 
     if not rd.done("sft"):
         with rd.stage("sft"):
             val = splits["validation"][: recipe.sft.val_questions]
-            val_data = [(student.prompt_ids(task.prompt(e)), student.completion_ids(e.rationale))
-                        for e in val if e.rationale]
+            val_data = [
+                (student.prompt_ids(task.prompt(e)), student.completion_ids(e.rationale))
+                for e in val
+                if e.rationale
+            ]
 
             def validate() -> dict:
-                acc = evaluate(student, task, val, max_new_tokens=recipe.sft.max_new_tokens,
-                               batch_size=recipe.eval.batch_size, label="sft validation")
+                acc = evaluate(
+                    student,
+                    task,
+                    val,
+                    max_new_tokens=recipe.sft.max_new_tokens,
+                    batch_size=recipe.eval.batch_size,
+                    label="sft validation",
+                )
                 out = {"accuracy": acc["accuracy"]}
                 if val_data:
                     out["loss"] = round(validation_loss(student, val_data), 4)
                 return out
 
             c = recipe.sft
-            res = train_sft(student, sft_data, lr=c.lr, batch_size=c.batch_size,
-                            epochs=c.max_epochs, weight_decay=c.weight_decay,
-                            warmup_ratio=c.warmup_ratio, grad_clip=c.grad_clip, seed=recipe.seed,
-                            validate=validate, eval_every=c.eval_every, patience=c.patience)
+            res = train_sft(
+                student,
+                sft_data,
+                lr=c.lr,
+                batch_size=c.batch_size,
+                epochs=c.max_epochs,
+                weight_decay=c.weight_decay,
+                warmup_ratio=c.warmup_ratio,
+                grad_clip=c.grad_clip,
+                seed=recipe.seed,
+                validate=validate,
+                eval_every=c.eval_every,
+                patience=c.patience,
+            )
             student.save(rd / "sft" / "model")
             write_json_atomic(rd / "sft" / "history.json", res.history)
-            rd.set_metric("sft_training", {"steps": res.steps, "best_step": res.best_step,
-                                           "examples": len(sft_data)})
+            rd.set_metric(
+                "sft_training",
+                {"steps": res.steps, "best_step": res.best_step, "examples": len(sft_data)},
+            )
     _evaluate_stage(rd, "sft", student, task, splits, recipe, weights=rd / "sft" / "model")
 
     samples = _samples(rd, student, task, splits["train"], recipe)
@@ -81,24 +108,33 @@ def run(recipe: Recipe, run_dir: str | Path) -> dict:
 
     dpo_steps = rd.metrics.get("dpo_training", {}).get("steps", 0)
     if not pairs:
-        msg = ("no preference pairs: every sampled path was right, or every one wrong with no "
-               "teacher fallback; DPO and its control are skipped")
+        msg = (
+            "no preference pairs: every sampled path was right, or every one wrong with no "
+            "teacher fallback; DPO and its control are skipped"
+        )
         log.warning(msg)
         rd.set_metric("dpo", {"skipped": msg})
     else:
         if not rd.done("dpo"):
             with rd.stage("dpo"):
                 student.load_weights(rd / "sft" / "model")
-                tok = [(student.prompt_ids(task.prompt(_by_id(splits["train"], p["id"]))),
-                        student.completion_ids(p["chosen"]), student.completion_ids(p["rejected"]))
-                       for p in pairs]
+                tok = [
+                    (
+                        student.prompt_ids(task.prompt(_by_id(splits["train"], p["id"]))),
+                        student.completion_ids(p["chosen"]),
+                        student.completion_ids(p["rejected"]),
+                    )
+                    for p in pairs
+                ]
                 ref = reference_logps(student, tok)
                 res = train_dpo(student, tok, recipe.dpo, seed=recipe.seed, ref=ref)
                 student.save(rd / "dpo" / "model")
                 write_json_atomic(rd / "dpo" / "history.json", res.history)
                 dpo_steps = res.steps
-                rd.set_metric("dpo_training", {"steps": res.steps, "pairs": len(pairs),
-                                               "last": res.history[-1]})
+                rd.set_metric(
+                    "dpo_training",
+                    {"steps": res.steps, "pairs": len(pairs), "last": res.history[-1]},
+                )
         _evaluate_stage(rd, "dpo", student, task, splits, recipe, weights=rd / "dpo" / "model")
 
         if recipe.sft_more:
@@ -106,14 +142,23 @@ def run(recipe: Recipe, run_dir: str | Path) -> dict:
                 with rd.stage("sft_more_train"):
                     student.load_weights(rd / "sft" / "model")
                     c = recipe.sft
-                    train_sft(student, sft_data, lr=c.lr, batch_size=c.batch_size,
-                              max_steps=dpo_steps, weight_decay=c.weight_decay,
-                              warmup_ratio=c.warmup_ratio, grad_clip=c.grad_clip,
-                              seed=recipe.seed + 1, label="sft_more")
+                    train_sft(
+                        student,
+                        sft_data,
+                        lr=c.lr,
+                        batch_size=c.batch_size,
+                        max_steps=dpo_steps,
+                        weight_decay=c.weight_decay,
+                        warmup_ratio=c.warmup_ratio,
+                        grad_clip=c.grad_clip,
+                        seed=recipe.seed + 1,
+                        label="sft_more",
+                    )
                     student.save(rd / "sft_more" / "model")
                     rd.set_metric("sft_more_training", {"steps": dpo_steps})
-            _evaluate_stage(rd, "sft_more", student, task, splits, recipe,
-                            weights=rd / "sft_more" / "model")
+            _evaluate_stage(
+                rd, "sft_more", student, task, splits, recipe, weights=rd / "sft_more" / "model"
+            )
 
     console.print(accuracy_table(rd.metrics, MODELS, recipe.eval.splits))
     console.print(f"stage seconds: {rd.state['seconds']}")
@@ -127,23 +172,35 @@ def _data(rd: RunDir, task: Task, recipe: Recipe) -> dict[str, list[Example]]:
     needed = {"train", "validation", *recipe.eval.splits}
     missing = needed - set(task.splits())
     if missing:
-        raise ValueError(f"task '{recipe.task.name}' has no split(s) {sorted(missing)}; "
-                         f"it has {task.splits()} (recipe key eval.splits)")
+        raise ValueError(
+            f"task '{recipe.task.name}' has no split(s) {sorted(missing)}; "
+            f"it has {task.splits()} (recipe key eval.splits)"
+        )
     if not rd.done("data"):
         with rd.stage("data"):
             n_train = max(recipe.teacher.n_questions, recipe.sampling.n_questions)
             for split in sorted(needed):
                 n = {"train": n_train, "validation": recipe.sft.val_questions}.get(
-                    split, recipe.eval.n_per_split.get(split, recipe.eval.n))
+                    split, recipe.eval.n_per_split.get(split, recipe.eval.n)
+                )
                 examples = task.load(split, n)
                 with JsonlWriter(rd / "data" / f"{split}.jsonl") as w:
                     w.write_many(e.to_dict() for e in examples)
-    return {s: [Example.from_dict(d) for d in read_jsonl(rd / "data" / f"{s}.jsonl")]
-            for s in needed}
+    return {
+        s: [Example.from_dict(d) for d in read_jsonl(rd / "data" / f"{s}.jsonl")] for s in needed
+    }
 
 
-def _evaluate_stage(rd: RunDir, name: str, student: Student, task: Task, splits: dict,
-                    recipe: Recipe, n: int | None = None, weights: Path | None = None) -> None:
+def _evaluate_stage(
+    rd: RunDir,
+    name: str,
+    student: Student,
+    task: Task,
+    splits: dict,
+    recipe: Recipe,
+    n: int | None = None,
+    weights: Path | None = None,
+) -> None:
     stage = f"eval_{name}"
     if rd.done(stage):
         return
@@ -153,11 +210,15 @@ def _evaluate_stage(rd: RunDir, name: str, student: Student, task: Task, splits:
         result = {}
         for split in recipe.eval.splits:
             examples = splits[split][:n] if n else splits[split]
-            result[split] = evaluate(student, task, examples,
-                                     max_new_tokens=recipe.eval.max_new_tokens,
-                                     batch_size=recipe.eval.batch_size,
-                                     out=rd / "eval" / name / f"{split}.jsonl",
-                                     label=f"eval {name} {split}")
+            result[split] = evaluate(
+                student,
+                task,
+                examples,
+                max_new_tokens=recipe.eval.max_new_tokens,
+                batch_size=recipe.eval.batch_size,
+                out=rd / "eval" / name / f"{split}.jsonl",
+                label=f"eval {name} {split}",
+            )
             log.info("%s %s: %s", name, split, result[split])
         rd.set_metric(name, result)
 
@@ -177,8 +238,14 @@ def _demos(rd: RunDir, task: Task, train: list[Example], recipe: Recipe) -> dict
                     w.write({"id": e.id, "teacher": recipe.teacher.kind, "text": text, "kept": ok})
             rows = read_jsonl(path)
             kept = sum(r["kept"] for r in rows)
-            rd.set_metric("demos", {"questions": len(rows), "kept": kept,
-                                    "kept_fraction": round(kept / max(1, len(rows)), 4)})
+            rd.set_metric(
+                "demos",
+                {
+                    "questions": len(rows),
+                    "kept": kept,
+                    "kept_fraction": round(kept / max(1, len(rows)), 4),
+                },
+            )
     return {r["id"]: r["text"] for r in read_jsonl(path) if r["kept"]}
 
 
@@ -202,8 +269,9 @@ def _by_id(examples: list[Example], qid: str) -> Example:
     raise KeyError(qid)
 
 
-def _samples(rd: RunDir, student: Student, task: Task, train: list[Example],
-             recipe: Recipe) -> dict[str, dict[str, list[dict]]]:
+def _samples(
+    rd: RunDir, student: Student, task: Task, train: list[Example], recipe: Recipe
+) -> dict[str, dict[str, list[dict]]]:
     """k sampled paths per training question (CoT; also direct answers for cot_vs_direct),
     each judged against the ground truth; appended per batch, resumed per question."""
     styles = ["cot"] + (["direct"] if recipe.pairs.policy == "cot_vs_direct" else [])
@@ -214,23 +282,43 @@ def _samples(rd: RunDir, student: Student, task: Task, train: list[Example],
         with rd.stage("samples"):
             student.load_weights(rd / "sft" / "model")
             s = recipe.sampling
+            want = {"cot": s.k, "direct": 1}
+            rows = read_jsonl(path)
+            count = Counter((r["style"], r["id"]) for r in rows)
+            complete = [r for r in rows if count[r["style"], r["id"]] == want[r["style"]]]
+            if len(complete) < len(rows):  # a kill mid-batch: redo those questions whole
+                write_jsonl_atomic(path, complete)
             for style in styles:
-                have = {r["id"] for r in read_jsonl(path) if r["style"] == style}
+                have = {r["id"] for r in complete if r["style"] == style}
                 todo = [e for e in questions if e.id not in have]
                 k = s.k if style == "cot" else 1
-                params = SamplingParams(k=k, greedy=False, temperature=s.temperature,
-                                        top_p=s.top_p, max_new_tokens=s.max_new_tokens,
-                                        batch_size=s.batch_size, seed=recipe.seed + len(have))
-                items = [(e.id, student.prompt_ids(_styled(task.prompt(e), style, recipe)))
-                         for e in todo]
+                params = SamplingParams(
+                    k=k,
+                    greedy=False,
+                    temperature=s.temperature,
+                    top_p=s.top_p,
+                    max_new_tokens=s.max_new_tokens,
+                    batch_size=s.batch_size,
+                    seed=recipe.seed + len(have),
+                )
+                items = [
+                    (e.id, student.prompt_ids(_styled(task.prompt(e), style, recipe))) for e in todo
+                ]
                 with JsonlWriter(path) as w, bar(f"sample {style}", len(todo) * k) as b:
                     for batch in generate(student, items, params):
                         rows = []
                         for qid, texts, lengths in batch:
                             for text, n in zip(texts, lengths, strict=True):
                                 ok = task.is_correct(text, by_id[qid])
-                                rows.append({"id": qid, "style": style, "text": text,
-                                             "correct": ok, "tokens": n})
+                                rows.append(
+                                    {
+                                        "id": qid,
+                                        "style": style,
+                                        "text": text,
+                                        "correct": ok,
+                                        "tokens": n,
+                                    }
+                                )
                         w.write_many(rows)
                         b.advance(len(rows))
             rd.set_metric("samples", _sample_stats(read_jsonl(path), recipe.sampling.k))
@@ -266,17 +354,29 @@ def _pairs(rd: RunDir, samples: dict, demos: dict[str, str], recipe: Recipe) -> 
         with rd.stage("pairs"):
             p = recipe.pairs
             if p.policy == "correct_vs_wrong":
-                pairs = correct_vs_wrong(samples["cot"], demos, max_pairs=p.max_pairs_per_question,
-                                         teacher_fallback=p.teacher_fallback, seed=recipe.seed)
+                pairs = correct_vs_wrong(
+                    samples["cot"],
+                    demos,
+                    max_pairs=p.max_pairs_per_question,
+                    teacher_fallback=p.teacher_fallback,
+                    seed=recipe.seed,
+                )
             else:
-                pairs = cot_vs_direct(samples["cot"], samples["direct"],
-                                      max_pairs=p.max_pairs_per_question, seed=recipe.seed)
+                pairs = cot_vs_direct(
+                    samples["cot"],
+                    samples["direct"],
+                    max_pairs=p.max_pairs_per_question,
+                    seed=recipe.seed,
+                )
             path.unlink(missing_ok=True)
             with JsonlWriter(path) as w:
                 w.write_many(pairs)
-            rd.set_metric("pairs", {
-                "pairs": len(pairs),
-                "questions": len({x["id"] for x in pairs}),
-                "chosen_from_teacher": sum(x["chosen_from"] == "teacher" for x in pairs),
-            })
+            rd.set_metric(
+                "pairs",
+                {
+                    "pairs": len(pairs),
+                    "questions": len({x["id"] for x in pairs}),
+                    "chosen_from_teacher": sum(x["chosen_from"] == "teacher" for x in pairs),
+                },
+            )
     return read_jsonl(path)

@@ -2,7 +2,7 @@
 
 Each problem starts an entity with some items, then applies ``+ - * /`` steps to the running
 count (whole, positive, bounded results). Gold rationales are short GSM8K-format lines such as
-``After buying, Mia has 12+7=<<12+7=19>>19 apples.`` followed by ``#### 19``.
+``After buying: 12+7=<<12+7=19>>19`` followed by ``#### 19``.
 
 Splits: ``train``, ``validation`` and ``in_domain`` share pool A (names, items, phrasings) and
 operand range ``[min_number, max_number]``; ``out_of_domain`` uses a disjoint pool B and
@@ -340,7 +340,7 @@ class ArithmeticTask:
             sentences.append(connector + sentence)
             expr = f"{value}{_SYMBOL[op]}{n}"
             lead = phrasing.lead.format(**fields)
-            lines.append(f"{lead}, {name} has {expr}=<<{expr}={result}>>{result} {item}.")
+            lines.append(f"{lead}: {expr}=<<{expr}={result}>>{result}")
             ops.append(op)
             operands.append(n)
             value = result

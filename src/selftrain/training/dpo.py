@@ -40,8 +40,8 @@ def preference_loss(
     beta: float,
     kind: str = "sigmoid",
 ) -> torch.Tensor:
-    """Per-pair DPO loss from summed log-probs. sigmoid: -log σ(β·h); IPO: (h - 1/(2β))²,
-    where h is the policy's log-ratio margin over the reference's."""
+    """Per-pair DPO loss from summed log-probs, h being the policy's log-ratio margin over the
+    reference's. sigmoid: -log sigmoid(beta*h); IPO: (h - 1/(2*beta))^2."""
     h = (pi_chosen - ref_chosen) - (pi_rejected - ref_rejected)
     if kind == "sigmoid":
         return -F.logsigmoid(beta * h)

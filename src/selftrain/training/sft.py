@@ -89,7 +89,12 @@ def train_sft(
             log.info("%s step %d: %s", label, result.steps, entry)
             score = (metrics["accuracy"], -metrics.get("loss", 0.0))
             if best is None or score > best:
-                best, best_state, result.best_step, stale = score, student.snapshot(), result.steps, 0
+                best, best_state, result.best_step, stale = (
+                    score,
+                    student.snapshot(),
+                    result.steps,
+                    0,
+                )
             else:
                 stale += 1
                 if stale >= patience:

@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny random Llama with SmolLM2's real tokenizer, saved as a local folder
+(no hub), so tests exercise the real chat template, BOS/EOS and pad == eos."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from selftrain.models import load_tokenizer
+
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, tokenizer):
+    from selftrain.models import tiny_model
+
+    d = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama", len(tokenizer)).save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.fixture
+def make_student(tiny_dir):
+    from selftrain.config import LoraConfig, StudentConfig
+    from selftrain.models import Student
+
+    def make(lora: bool = False, **kwargs) -> Student:
+        cfg = StudentConfig(model=str(tiny_dir), lora=LoraConfig(enabled=lora, r=8), **kwargs)
+        return Student.load(cfg)
+
+    return make

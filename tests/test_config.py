@@ -1,0 +1,233 @@
+"""Tests for recipe loading, validation errors, overrides and the CLI's --set parsing."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from selftrain.cli import _overrides, app
+from selftrain.config import Recipe, RecipeError, default_recipe_path, load_recipe
+
+
+def _write(tmp_path, text: str, name: str = "recipe.yaml"):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k != "args":
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+# --- the embedded default recipe ---------------------------------------------------------
+
+
+def test_default_recipe_loads():
+    r = load_recipe()
+    assert isinstance(r, Recipe)
+    assert r.name == "srit-arithmetic"
+    assert r.method == "srit"
+    assert r.student.model == "smollm2-135m-instruct"
+    assert r.student.lora.r == 16
+    assert r.pairs.policy == "correct_vs_wrong"
+    assert r.eval.splits == ["in_domain", "out_of_domain", "longer"]
+
+
+def test_default_recipe_values_match_yaml():
+    data = yaml.safe_load(default_recipe_path().read_text(encoding="utf-8"))
+    dumped = load_recipe().model_dump()
+    flat_yaml, flat_model = _flatten(data), _flatten(dumped)
+    assert flat_yaml, "default recipe YAML is empty"
+    for key, value in flat_yaml.items():
+        assert key in flat_model, key
+        assert flat_model[key] == value, key
+
+
+def test_default_recipe_path_is_loaded_explicitly_too():
+    assert load_recipe(default_recipe_path()) == load_recipe()
+
+
+def test_partial_recipe_keeps_defaults(tmp_path):
+    path = _write(tmp_path, "name: mine\nsft: {lr: 1.0e-3}\n")
+    r = load_recipe(path)
+    assert r.name == "mine"
+    assert r.sft.lr == pytest.approx(1e-3)
+    assert r.sft.batch_size == Recipe().sft.batch_size
+    assert r.dpo == Recipe().dpo
+
+
+def test_empty_recipe_file_is_all_defaults(tmp_path):
+    assert load_recipe(_write(tmp_path, "")) == Recipe()
+
+
+# --- errors name the file and the key ----------------------------------------------------
+
+
+def test_unknown_top_level_key(tmp_path):
+    path = _write(tmp_path, "name: x\nbogus_key: 3\n")
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(path)
+    msg = str(exc.value)
+    assert str(path) in msg
+    assert "bogus_key" in msg
+    assert "unknown key" in msg
+
+
+def test_unknown_nested_key_names_dotted_key(tmp_path):
+    path = _write(tmp_path, "sft: {lrr: 1}\n")
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(path)
+    msg = str(exc.value)
+    assert str(path) in msg
+    assert "sft.lrr" in msg
+
+
+def test_unknown_deeply_nested_key(tmp_path):
+    path = _write(tmp_path, "student: {lora: {rank: 8}}\n")
+    with pytest.raises(RecipeError, match=r"student\.lora\.rank"):
+        load_recipe(path)
+
+
+def test_wrong_type_names_dotted_key(tmp_path):
+    path = _write(tmp_path, 'sft: {batch_size: "eight"}\n')
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(path)
+    msg = str(exc.value)
+    assert str(path) in msg
+    assert "sft.batch_size" in msg
+    assert "eight" in msg
+
+
+def test_out_of_range_value_names_key(tmp_path):
+    path = _write(tmp_path, "dpo: {beta: -1}\n")
+    with pytest.raises(RecipeError, match=r"dpo\.beta"):
+        load_recipe(path)
+
+
+def test_non_mapping_yaml(tmp_path):
+    path = _write(tmp_path, "- a\n- b\n")
+    with pytest.raises(RecipeError, match="mapping") as exc:
+        load_recipe(path)
+    assert str(path) in str(exc.value)
+
+
+def test_invalid_yaml(tmp_path):
+    path = _write(tmp_path, "sft: {lr: [1, 2\nname: x\n")
+    with pytest.raises(RecipeError, match="not valid YAML") as exc:
+        load_recipe(path)
+    assert str(path) in str(exc.value)
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "absent.yaml"
+    with pytest.raises(RecipeError, match="not found") as exc:
+        load_recipe(path)
+    assert str(path) in str(exc.value)
+
+
+def test_recipe_error_is_a_value_error():
+    assert issubclass(RecipeError, ValueError)
+
+
+# --- overrides ---------------------------------------------------------------------------
+
+
+def test_overrides_are_applied_and_merged(tmp_path):
+    path = _write(tmp_path, "name: base\nsft: {lr: 1.0e-3, batch_size: 4}\n")
+    r = load_recipe(path, {"sft": {"lr": 2e-4}, "eval": {"splits": ["a"]}, "seed": 7})
+    assert r.sft.lr == pytest.approx(2e-4)
+    assert r.sft.batch_size == 4  # sibling key from the file survives the merge
+    assert r.eval.splits == ["a"]
+    assert r.seed == 7
+    assert r.name == "base"
+
+
+def test_overrides_on_default_recipe():
+    r = load_recipe(overrides={"student": {"lora": {"enabled": False}}})
+    assert r.student.lora.enabled is False
+    assert r.student.lora.r == 16
+
+
+def test_overrides_are_validated(tmp_path):
+    with pytest.raises(RecipeError, match=r"sft\.lrr"):
+        load_recipe(overrides={"sft": {"lrr": 1}})
+    with pytest.raises(RecipeError, match=r"sft\.batch_size"):
+        load_recipe(overrides={"sft": {"batch_size": "eight"}})
+
+
+# --- the CLI's --set parsing -------------------------------------------------------------
+
+
+def test_cli_overrides_nested_and_yaml_parsed():
+    got = _overrides(["sft.lr=1.0e-4", "eval.splits=[a, b]", "student.lora.enabled=false"])
+    assert got == {
+        "sft": {"lr": 1e-4},
+        "eval": {"splits": ["a", "b"]},
+        "student": {"lora": {"enabled": False}},
+    }
+    assert isinstance(got["sft"]["lr"], float)
+    assert got["student"]["lora"]["enabled"] is False
+
+
+def test_cli_overrides_merge_siblings_and_keep_equals_in_value():
+    got = _overrides(["sft.lr=0.5", "sft.batch_size=4", "name=a=b"])
+    assert got == {"sft": {"lr": 0.5, "batch_size": 4}, "name": "a=b"}
+
+
+def test_cli_overrides_exponent_without_dot_is_float():
+    got = _overrides(["sft.lr=1e-4"])
+    assert got == {"sft": {"lr": 1e-4}}
+    assert isinstance(got["sft"]["lr"], float)
+
+
+def test_cli_overrides_exponent_still_loads_as_float_field():
+    # pydantic coerces the string for float fields, so the recipe itself still gets a float.
+    r = load_recipe(overrides=_overrides(["sft.lr=1e-4"]))
+    assert r.sft.lr == pytest.approx(1e-4)
+
+
+def test_cli_overrides_malformed_item():
+    with pytest.raises(typer.BadParameter, match="KEY=VALUE"):
+        _overrides(["sft.lr"])
+
+
+def test_cli_overrides_empty():
+    assert _overrides([]) == {}
+
+
+# --- the CLI on a bad recipe -------------------------------------------------------------
+
+
+def _cli_text(result) -> str:
+    text = result.output
+    with contextlib.suppress(ValueError):  # older click: stderr not captured separately
+        text += result.stderr
+    return text
+
+
+def test_cli_bad_recipe_exits_2_and_names_key_and_file(tmp_path):
+    path = _write(tmp_path, "sft: {lrr: 1}\n", name="bad.yaml")
+    result = CliRunner().invoke(app, ["run", str(path)])
+    assert result.exit_code == 2, _cli_text(result)
+    text = _cli_text(result)
+    assert "sft.lrr" in text
+    assert "bad.yaml" in text
+    assert "error:" in text
+
+
+def test_cli_bad_set_override_exits_2(tmp_path):
+    path = _write(tmp_path, "name: ok\n")
+    result = CliRunner().invoke(app, ["run", str(path), "--set", "sft.batch_size=eight"])
+    assert result.exit_code == 2, _cli_text(result)
+    assert "sft.batch_size" in _cli_text(result)

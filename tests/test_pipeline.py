@@ -1,0 +1,128 @@
+"""The SRIT recipe end to end on a tiny model: artefacts, metrics shape, resume, empty pairs."""
+
+import json
+
+import pytest
+
+from selftrain.config import load_recipe
+from selftrain.io import read_jsonl
+from selftrain.pipeline import srit
+from selftrain.pipeline.rundir import RunDirError
+
+
+def _recipe(tiny_dir, **extra):
+    small = {
+        "student": {"model": str(tiny_dir), "lora": {"enabled": True, "r": 4}},
+        "task": {"name": "arithmetic", "args": {"n_train": 40, "n_validation": 10, "n_test": 8}},
+        "teacher": {"n_questions": 12},
+        "sft": {
+            "max_epochs": 1,
+            "eval_every": 1,
+            "patience": 1,
+            "val_questions": 4,
+            "max_new_tokens": 8,
+            "batch_size": 4,
+        },
+        "sampling": {"n_questions": 6, "k": 2, "max_new_tokens": 8, "batch_size": 8},
+        "dpo": {"batch_size": 2},
+        "eval": {"n": 5, "max_new_tokens": 8, "splits": ["in_domain", "out_of_domain"]},
+    }
+    for key, value in extra.items():
+        small[key] = {**small.get(key, {}), **value}
+    return load_recipe(None, small)
+
+
+def test_end_to_end_writes_every_artefact_and_metrics(tiny_dir, tmp_path):
+    run = tmp_path / "run"
+    metrics = srit.run(_recipe(tiny_dir), run)
+    for name in [
+        "recipe.yaml",
+        "demos.jsonl",
+        "samples.jsonl",
+        "pairs.jsonl",
+        "log.txt",
+        "sft/model/adapter_model.safetensors",
+        "dpo/model/adapter_model.safetensors",
+        "sft_more/model/adapter_model.safetensors",
+        "eval/dpo/in_domain.jsonl",
+    ]:
+        assert (run / name).exists(), name
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert on_disk == metrics
+    for model in ["base", "sft", "sft_more", "dpo"]:
+        for split in ["in_domain", "out_of_domain"]:
+            r = metrics[model][split]
+            assert r["n"] == 5 and 0 <= r["accuracy"] <= 1
+    # a random model gets everything wrong, so every chosen answer is the teacher's
+    assert metrics["pairs"]["pairs"] == metrics["pairs"]["chosen_from_teacher"] > 0
+    assert metrics["sft_more_training"]["steps"] == metrics["dpo_training"]["steps"]
+    samples = read_jsonl(run / "samples.jsonl")
+    assert len(samples) == 6 * 2
+    assert {"sft", "dpo", "samples"} <= set(metrics["stage_seconds"])
+
+
+def test_resume_continues_where_it_stopped(tiny_dir, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    recipe = _recipe(tiny_dir)
+    real_generate, real_dpo, real_sft = srit.generate, srit.train_dpo, srit.train_sft
+
+    def generate_then_die(student, items, params):  # killed after the first sampling batch
+        it = real_generate(student, items, params)
+        yield next(it)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(srit, "generate", generate_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        srit.run(recipe, run)
+    partial = read_jsonl(run / "samples.jsonl")
+    assert 0 < len(partial) < 12
+    sft_mtime = (run / "sft/model/adapter_model.safetensors").stat().st_mtime_ns
+
+    # second attempt: sampling resumes; DPO dies
+    monkeypatch.setattr(srit, "generate", real_generate)
+    monkeypatch.setattr(srit, "train_sft", _must_not_run("sft"))  # finished in attempt 1
+    monkeypatch.setattr(srit, "train_dpo", lambda *a, **k: (_ for _ in ()).throw(OSError("kill")))
+    with pytest.raises(OSError):
+        srit.run(recipe, run)
+    samples = read_jsonl(run / "samples.jsonl")
+    assert samples[: len(partial)] == partial
+    counts = {}
+    for r in samples:
+        counts[r["id"]] = counts.get(r["id"], 0) + 1
+    assert len(counts) == 6 and set(counts.values()) == {2}  # none missing, none twice
+
+    # third attempt: nothing finished is recomputed
+    monkeypatch.setattr(srit, "train_dpo", real_dpo)
+    monkeypatch.setattr(srit, "train_sft", real_sft)  # the sft_more control still has to run
+    calls = []
+    monkeypatch.setattr(srit, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
+    metrics = srit.run(recipe, run)
+    assert (run / "sft/model/adapter_model.safetensors").stat().st_mtime_ns == sft_mtime
+    assert read_jsonl(run / "samples.jsonl") == samples
+    assert calls == []  # sampling was done; evaluation goes through evaluation.generate
+    assert "dpo" in metrics and "sft_more" in metrics
+
+
+def _must_not_run(name):
+    def fail(*a, **k):
+        raise AssertionError(f"{name} ran again")
+
+    return fail
+
+
+def test_empty_pair_set_still_finishes_its_evaluation(tiny_dir, tmp_path):
+    recipe = _recipe(tiny_dir, pairs={"teacher_fallback": False})
+    metrics = srit.run(recipe, tmp_path / "run")
+    assert "no preference pairs" in metrics["dpo"]["skipped"]
+    assert metrics["pairs"]["pairs"] == 0
+    assert metrics["sft"]["in_domain"]["n"] == 5
+    assert "sft_more" not in metrics
+
+
+def test_a_run_dir_of_another_recipe_is_refused(tiny_dir, tmp_path):
+    run = tmp_path / "run"
+    srit.run(_recipe(tiny_dir, eval={"evaluate_base": False}, dpo={"max_steps": 1}), run)
+    with pytest.raises(RunDirError, match=r"dpo\.beta"):
+        srit.run(
+            _recipe(tiny_dir, eval={"evaluate_base": False}, dpo={"max_steps": 1, "beta": 0.5}), run
+        )

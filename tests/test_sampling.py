@@ -1,0 +1,75 @@
+import torch
+from transformers import GenerationConfig
+
+from selftrain.sampling import SamplingParams, _left_pad, decode, generate
+
+
+def _prompts(s, n=6):
+    qs = ["What is 2+3?", "Tom has 5 apples.", "x", "A much longer question about marbles here?"]
+    return [(i, s.prompt_ids(qs[i % len(qs)] + " " * (i // len(qs)))) for i in range(n)]
+
+
+def test_greedy_matches_transformers_generate(make_student):
+    s = make_student(lora=True)
+    with torch.no_grad():  # make the adapters matter
+        for n, p in s.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.05)
+    items = _prompts(s)
+    ours = {
+        k: t[0]
+        for batch in generate(s, items, SamplingParams(max_new_tokens=12))
+        for k, t, _ in batch
+    }
+    ids, mask = _left_pad([p for _, p in items], s.pad_id, "cpu")
+    cfg = GenerationConfig(
+        max_new_tokens=12, do_sample=False, eos_token_id=s.eos_id, pad_token_id=s.pad_id
+    )
+    with torch.no_grad():
+        out = s.model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
+    for (key, _), row in zip(items, out[:, ids.shape[1] :].tolist(), strict=True):
+        row = row[: row.index(s.eos_id)] if s.eos_id in row else row
+        assert ours[key] == s.decode(row)
+
+
+def test_k_samples_per_prompt_reproducible_by_seed(make_student):
+    s = make_student()
+    items = _prompts(s, 5)
+    p = SamplingParams(k=3, greedy=False, temperature=1.5, max_new_tokens=8, batch_size=6)
+    run1 = [x for b in generate(s, items, p) for x in b]
+    run2 = [x for b in generate(s, items, p) for x in b]
+    other = [x for b in generate(s, items, SamplingParams(**{**p.__dict__, "seed": 1})) for x in b]
+    assert sorted(k for k, _, _ in run1) == list(range(5))
+    assert all(len(texts) == 3 and len(lengths) == 3 for _, texts, lengths in run1)
+    assert all(n <= 8 for _, _, lengths in run1 for n in lengths)
+    assert run1 == run2
+    assert run1 != other
+
+
+class CountingLM(torch.nn.Module):
+    """Emits last_token + 1 until it reaches `stop`, then EOS: rows finish at different steps."""
+
+    def __init__(self, vocab=32, eos=2, stop=12):
+        super().__init__()
+        self.vocab, self.eos, self.stop = vocab, eos, stop
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, logits_to_keep=0, **_):
+        last = input_ids[:, -1]
+        nxt = torch.where(last + 1 >= self.stop, torch.full_like(last, self.eos), last + 1)
+        logits = torch.full((input_ids.shape[0], 1, self.vocab), -1e9)
+        logits[torch.arange(len(nxt)), 0, nxt] = 0.0
+        return type("Out", (), {"logits": logits})()
+
+
+def test_decode_drops_finished_rows_and_keeps_each_rows_tokens():
+    lm = CountingLM()
+    starts = [3, 10, 7, 5, 11, 4, 9, 8]
+    ids = torch.tensor([[1, s] for s in starts])
+    mask = torch.ones_like(ids)
+    out = decode(lm, ids, mask, SamplingParams(max_new_tokens=20), eos_id=2)
+    assert out == [list(range(s + 1, 12)) for s in starts]
+    capped = decode(lm, ids, mask, SamplingParams(max_new_tokens=3), eos_id=2)
+    assert capped == [list(range(s + 1, min(12, s + 4))) for s in starts]
+    k2 = decode(lm, ids[:2], mask[:2], SamplingParams(k=2, max_new_tokens=20), eos_id=2)
+    assert k2 == [list(range(4, 12))] * 2 + [[11]] * 2
