@@ -91,3 +91,13 @@ def test_missing_local_model_is_a_clear_error(tmp_path):
         Student.load(StudentConfig(model=str(tmp_path / "nope.gguf")))
     with pytest.raises(ModelLoadError, match="no such model folder"):
         Student.load(StudentConfig(model=str(tmp_path / "missing" / "model")))
+
+
+def test_lora_on_top_layers_only(tiny_dir):
+    from selftrain.config import LoraConfig
+
+    cfg = StudentConfig(model=str(tiny_dir), lora=LoraConfig(r=4, top_layers=1))
+    s = Student.load(cfg)
+    names = [n for n, p in s.model.named_parameters() if p.requires_grad]
+    assert names and all(".layers.1." in n for n in names)  # the tiny model has 2 layers
+    assert {n.split(".layers.1.")[1].split(".")[1] for n in names} >= {"q_proj", "down_proj"}

@@ -23,6 +23,9 @@ class LoraConfig(_Strict):
     alpha: int = Field(32, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: str | list[str] = "all-linear"
+    # adapt only the top N decoder layers: backward then stops at layer L-N, which made
+    # training 1.5x faster (top 15 of SmolLM2's 30); None: every layer
+    top_layers: int | None = Field(None, gt=0)
 
 
 class StudentConfig(_Strict):

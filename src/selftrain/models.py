@@ -74,10 +74,24 @@ def load_model_and_tokenizer(cfg: StudentConfig):
             f"could not load student '{cfg.model}': {e}\n"
             "Give a local folder or .gguf file when the model hub is not reachable."
         ) from e
+    if gguf:
+        _forget_gguf_quantizer(model)
     if dtype != torch.float32:  # GGUF weights are de-quantised to fp32
         model = model.to(dtype)
     model.eval()
     return model, tok
+
+
+def _forget_gguf_quantizer(model) -> None:
+    """transformers de-quantises GGUF weights to plain tensors but keeps a GGUF 'quantizer' on
+    the model, which makes it refuse ``save_pretrained`` and ``.float()``; the weights are
+    ordinary fp32, so the marker is dropped."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model, "quantization_method"):
+        model.quantization_method = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def tiny_model(arch: str, vocab_size: int, hidden: int = 64, layers: int = 2, seed: int = 0):
@@ -100,6 +114,16 @@ def tiny_model(arch: str, vocab_size: int, hidden: int = 64, layers: int = 2, se
     config = LlamaConfig(**common) if arch == "llama" else Qwen2Config(**common)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config).eval()
+
+
+def _linear_names(model: nn.Module) -> list[str]:
+    """Names of the linear layers inside the decoder blocks (q_proj, ..., down_proj)."""
+    decoder = model.get_decoder()
+    return sorted({
+        name.rsplit(".", 1)[-1]
+        for name, mod in decoder.named_modules()
+        if isinstance(mod, nn.Linear) and ".layers." in f".{name}"
+    })
 
 
 def _resolve(spec: str, gguf_file: str | None) -> tuple[str, str | None]:
@@ -151,11 +175,18 @@ class Student:
         from peft import LoraConfig, get_peft_model
 
         lc = self.cfg.lora
+        targets, layers = lc.target_modules, None
+        if lc.top_layers is not None:
+            n = self.model.config.num_hidden_layers
+            layers = list(range(max(0, n - lc.top_layers), n))
+            if isinstance(targets, str):  # peft takes layers_to_transform with a name list only
+                targets = _linear_names(self.model) if targets == "all-linear" else [targets]
         config = LoraConfig(
             r=lc.r,
             lora_alpha=lc.alpha,
             lora_dropout=lc.dropout,
-            target_modules=lc.target_modules,
+            target_modules=targets,
+            layers_to_transform=layers,
             task_type="CAUSAL_LM",
         )
         self.model = get_peft_model(self.model, config)
