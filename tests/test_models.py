@@ -57,18 +57,23 @@ def test_lora_trains_only_adapters(make_student):
     assert names and all("lora_" in n for n in names)
 
 
-def test_merged_decoding_restores_weights(make_student):
+def test_inference_model_folds_lora_without_touching_the_student(make_student):
     s = make_student(lora=True)
     with torch.no_grad():
         for n, p in s.model.named_parameters():
             if "lora_B" in n:
-                p.normal_()
-    base = {n: p.detach().clone() for n, p in s.model.named_parameters() if "base_layer" in n}
-    with s.merged():
-        pass
+                p.normal_(std=0.1)
+    before = {n: p.detach().clone() for n, p in s.model.named_parameters()}
+    plain = s.inference_model()
+    assert not any("lora" in n for n, _ in plain.named_parameters())
+    ids = torch.tensor([s.prompt_ids("What is 2+3?")])
+    with torch.no_grad():
+        assert torch.allclose(plain(input_ids=ids).logits, s.model(input_ids=ids).logits, atol=1e-4)
     for n, p in s.model.named_parameters():
-        if n in base:
-            assert torch.allclose(p, base[n], atol=1e-5), n
+        assert torch.equal(p, before[n]), n
+    s_bf16 = make_student(lora=True, autocast_bf16=True)
+    assert next(s_bf16.inference_model().parameters()).dtype == torch.bfloat16
+    assert next(s_bf16.model.parameters()).dtype == torch.float32
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])

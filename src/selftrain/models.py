@@ -277,18 +277,22 @@ class Student:
             )
         self.model.tie_weights()
 
-    @contextlib.contextmanager
-    def merged(self) -> Iterator[None]:
-        """Fold LoRA adapters into the base weights while decoding (unfolded on exit): a
-        decode step then runs no adapter matmuls, which made sampling ~1.5x faster here."""
-        if not self.lora:
-            yield
-            return
-        self.model.merge_adapter()
-        try:
-            yield
-        finally:
-            self.model.unmerge_adapter()
+    def inference_model(self) -> nn.Module:
+        """A plain copy of the current model for decoding: LoRA adapters folded into the
+        weights and unloaded (no adapter matmuls or wrapper calls per step), in bf16 when
+        ``autocast_bf16`` is set (cast once, where autocast would recast every weight at every
+        step). Measured here: ~1.5x faster sampling than decoding through the adapters."""
+        import copy
+
+        if self.lora:
+            model = copy.deepcopy(self.model).merge_and_unload()
+        elif self.cfg.autocast_bf16:
+            model = copy.deepcopy(self.model)
+        else:
+            return self.model
+        if self.cfg.autocast_bf16:
+            model = model.to(torch.bfloat16)
+        return model.eval()
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:

@@ -35,29 +35,29 @@ def generate(
 ) -> Iterator[list[tuple[Any, list[str], list[int]]]]:
     """Yield, per batch, ``(key, k completion texts, k completion token counts)`` for each
     ``(key, prompt_ids)`` item. ``on_tokens`` receives the number of tokens each batch made."""
-    model = student.model
+    if not items:
+        return
+    was_training = student.model.training
+    student.model.eval()
+    model = student.inference_model()
     per_batch = max(1, params.batch_size // params.k)
     order = sorted(range(len(items)), key=lambda i: len(items[i][1]))
-    was_training = model.training
-    model.eval()
     try:
-        with student.merged():
-            for b, start in enumerate(range(0, len(order), per_batch)):
-                batch = [items[i] for i in order[start : start + per_batch]]
-                ids, mask = _left_pad([p for _, p in batch], student.pad_id, student.device)
-                gen = torch.Generator(device="cpu").manual_seed(params.seed * 1_000_003 + b)
-                with torch.no_grad(), student.autocast():
-                    new = decode(model, ids, mask, params, student.eos_id, gen)
-                results, made = [], 0
-                for j, (key, _) in enumerate(batch):
-                    seqs = new[j * params.k : (j + 1) * params.k]
-                    results.append((key, [student.decode(s) for s in seqs], [len(s) for s in seqs]))
-                    made += sum(len(s) for s in seqs)
-                if on_tokens:
-                    on_tokens(made)
-                yield results
+        for b, start in enumerate(range(0, len(order), per_batch)):
+            batch = [items[i] for i in order[start : start + per_batch]]
+            ids, mask = _left_pad([p for _, p in batch], student.pad_id, student.device)
+            gen = torch.Generator(device="cpu").manual_seed(params.seed * 1_000_003 + b)
+            new = decode(model, ids, mask, params, student.eos_id, gen)
+            results, made = [], 0
+            for j, (key, _) in enumerate(batch):
+                seqs = new[j * params.k : (j + 1) * params.k]
+                results.append((key, [student.decode(s) for s in seqs], [len(s) for s in seqs]))
+                made += sum(len(s) for s in seqs)
+            if on_tokens:
+                on_tokens(made)
+            yield results
     finally:
-        model.train(was_training)
+        student.model.train(was_training)
 
 
 @torch.no_grad()
