@@ -126,3 +126,32 @@ def test_a_run_dir_of_another_recipe_is_refused(tiny_dir, tmp_path):
         srit.run(
             _recipe(tiny_dir, eval={"evaluate_base": False}, dpo={"max_steps": 1, "beta": 0.5}), run
         )
+
+
+def test_cli_runs_a_recipe_file_and_resumes(tiny_dir, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from selftrain.cli import app
+
+    recipe = _recipe(tiny_dir, eval={"evaluate_base": False}, dpo={"max_steps": 1})
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
+    run = tmp_path / "run"
+    first = CliRunner().invoke(app, ["run", str(path), "--run-dir", str(run)])
+    assert first.exit_code == 0, first.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"sft", "dpo", "sft_more"} <= set(metrics)
+    again = CliRunner().invoke(app, ["run", str(path), "--run-dir", str(run)])
+    assert again.exit_code == 0
+    assert json.loads((run / "metrics.json").read_text())["stage_seconds"] == metrics["stage_seconds"]
+
+
+def test_cot_vs_direct_samples_both_styles(tiny_dir, tmp_path):
+    recipe = _recipe(tiny_dir, pairs={"policy": "cot_vs_direct"}, eval={"evaluate_base": False})
+    srit.run(recipe, tmp_path / "run")
+    samples = read_jsonl(tmp_path / "run" / "samples.jsonl")
+    cot = [r for r in samples if r["style"] == "cot"]
+    direct = [r for r in samples if r["style"] == "direct"]
+    assert len(cot) == 6 * 2 and len(direct) == 6  # k CoT paths and one direct answer each
+    assert {r["id"] for r in direct} == {r["id"] for r in cot}
