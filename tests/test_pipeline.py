@@ -144,7 +144,9 @@ def test_cli_runs_a_recipe_file_and_resumes(tiny_dir, tmp_path):
     assert {"sft", "dpo", "sft_more"} <= set(metrics)
     again = CliRunner().invoke(app, ["run", str(path), "--run-dir", str(run)])
     assert again.exit_code == 0
-    assert json.loads((run / "metrics.json").read_text())["stage_seconds"] == metrics["stage_seconds"]
+    assert (
+        json.loads((run / "metrics.json").read_text())["stage_seconds"] == metrics["stage_seconds"]
+    )
 
 
 def test_cot_vs_direct_samples_both_styles(tiny_dir, tmp_path):

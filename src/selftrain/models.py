@@ -119,11 +119,13 @@ def tiny_model(arch: str, vocab_size: int, hidden: int = 64, layers: int = 2, se
 def _linear_names(model: nn.Module) -> list[str]:
     """Names of the linear layers inside the decoder blocks (q_proj, ..., down_proj)."""
     decoder = model.get_decoder()
-    return sorted({
-        name.rsplit(".", 1)[-1]
-        for name, mod in decoder.named_modules()
-        if isinstance(mod, nn.Linear) and ".layers." in f".{name}"
-    })
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, mod in decoder.named_modules()
+            if isinstance(mod, nn.Linear) and ".layers." in f".{name}"
+        }
+    )
 
 
 def _resolve(spec: str, gguf_file: str | None) -> tuple[str, str | None]:
