@@ -209,3 +209,19 @@ def test_cot_vs_direct_max_pairs_and_deterministic():
     assert len(a) == 2
     assert a == cot_vs_direct(cot, direct, max_pairs=2, seed=1)
     assert all(p["chosen"].startswith("c") and p["rejected"].startswith("d") for p in a)
+
+
+def test_rejected_is_cut_after_its_first_wrong_line():
+    from selftrain.preference import to_first_divergence
+
+    chosen = "After the gift: 12+18=<<12+18=30>>30\nAfter winning: 30+10=<<30+10=40>>40\n#### 40"
+    rejected = "After the gift: 12+18=<<12+18=20>>20\nAfter winning: 20+10=<<20+10=30>>30\n#### 30"
+    assert to_first_divergence(chosen, rejected) == "After the gift: 12+18=<<12+18=20>>20\n"
+    late = "After the gift: 12+18=<<12+18=30>>30\nAfter winning: 30+10=<<30+10=41>>41\n#### 41"
+    assert to_first_divergence(chosen, late) == (
+        "After the gift: 12+18=<<12+18=30>>30\nAfter winning: 30+10=<<30+10=41>>41\n"
+    )
+    # the mistake is on the last line: nothing after it to spare, the path stays whole
+    assert to_first_divergence(chosen, chosen[:-2] + "41") == chosen[:-2] + "41"
+    # a rejected path longer than the chosen one diverges where the chosen one ends
+    assert to_first_divergence("a\nb", "a\nb\nc\nd") == "a\nb\nc\n"

@@ -105,3 +105,13 @@ def test_token_logps_equal_a_plain_forward(make_student):
     plain = (logp.gather(-1, target.clamp(min=0)[..., None])[..., 0] * keep).sum(-1)
     assert torch.allclose(ours, plain, atol=1e-4)
     assert counts.tolist() == [len(c) for _, c in data]
+
+
+def test_dpop_penalises_a_falling_chosen_answer():
+    ref = torch.zeros(1)
+    # the same margin h = 2, once with the chosen answer kept and once pushed down by 1 nat
+    kept = preference_loss(torch.tensor([0.0]), torch.tensor([-2.0]), ref, ref, 0.1, "dpop")
+    fell = preference_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), ref, ref, 0.1, "dpop")
+    plain = preference_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), ref, ref, 0.1)
+    assert torch.allclose(kept, plain)  # no penalty while the chosen answer holds its ground
+    assert fell > kept + 1.0

@@ -78,12 +78,15 @@ class PairsConfig(_Strict):
     policy: Literal["correct_vs_wrong", "cot_vs_direct"] = "correct_vs_wrong"
     max_pairs_per_question: int = Field(2, gt=0)
     teacher_fallback: bool = True
+    # penalise a rejected path only up to its first line that departs from the chosen one
+    truncate_rejected: bool = True
     direct_instruction: str = "Give only the final answer as a number, with no working."
 
 
 class DPOConfig(_Strict):
-    loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    loss: Literal["sigmoid", "ipo", "dpop"] = "sigmoid"
     beta: float = Field(0.1, gt=0)
+    dpop_lambda: float = Field(50.0, ge=0)  # DPOP's penalty on a chosen answer losing likelihood
     nll_weight: float = Field(0.0, ge=0)  # length-normalised NLL on the chosen answer
     lr: float = Field(5e-5, gt=0)
     batch_size: int = Field(8, gt=0)  # pairs per optimizer step

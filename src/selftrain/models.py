@@ -223,8 +223,10 @@ class Student:
             and bos in self.tokenizer.chat_template
         )
 
-    def completion_ids(self, text: str) -> list[int]:
-        return [*self.tokenizer(text, add_special_tokens=False).input_ids, self.eos_id]
+    def completion_ids(self, text: str, eos: bool = True) -> list[int]:
+        """The completion's tokens, plus EOS unless it is a prefix (a truncated path)."""
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        return [*ids, self.eos_id] if eos else ids
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -75,6 +75,24 @@ def cot_vs_direct(
     return pairs
 
 
+def to_first_divergence(chosen: str, rejected: str) -> str:
+    """The rejected path up to and including its first line that differs from the chosen
+    path's line at the same position (the line where it went wrong), with its newline.
+
+    Steps after a mistake are usually right given the mistake (``12+18=20`` then ``20+10=30``);
+    penalising them teaches the model that right arithmetic is wrong. Lines both paths share
+    cancel in the DPO loss, so the truncated pair puts the whole contrast on the mistake.
+    Returns the whole rejected path when it has no line after the divergence.
+    """
+    c_lines, r_lines = chosen.split("\n"), rejected.split("\n")
+    for i, line in enumerate(r_lines):
+        if i >= len(c_lines) or line != c_lines[i]:
+            if i == len(r_lines) - 1:
+                return rejected
+            return "\n".join(r_lines[: i + 1]) + "\n"
+    return rejected
+
+
 def _unique(texts) -> list[str]:
     seen: dict[str, None] = {}
     for t in texts:

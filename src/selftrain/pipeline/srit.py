@@ -21,7 +21,7 @@ from selftrain.evaluation import accuracy_table, evaluate
 from selftrain.io import JsonlWriter, read_jsonl, write_json_atomic, write_jsonl_atomic
 from selftrain.models import Student
 from selftrain.pipeline.rundir import RunDir
-from selftrain.preference import correct_vs_wrong, cot_vs_direct
+from selftrain.preference import correct_vs_wrong, cot_vs_direct, to_first_divergence
 from selftrain.progress import bar, console, log, setup_logging
 from selftrain.sampling import SamplingParams, generate
 from selftrain.tasks.base import Example, Task
@@ -122,7 +122,9 @@ def run(recipe: Recipe, run_dir: str | Path) -> dict:
                     (
                         student.prompt_ids(task.prompt(_by_id(splits["train"], p["id"]))),
                         student.completion_ids(p["chosen"]),
-                        student.completion_ids(p["rejected"]),
+                        student.completion_ids(
+                            p["rejected"], eos=not p.get("rejected_truncated", False)
+                        ),
                     )
                     for p in pairs
                 ]
@@ -361,6 +363,11 @@ def _pairs(rd: RunDir, samples: dict, demos: dict[str, str], recipe: Recipe) -> 
                     teacher_fallback=p.teacher_fallback,
                     seed=recipe.seed,
                 )
+                if p.truncate_rejected:
+                    for x in pairs:
+                        cut = to_first_divergence(x["chosen"], x["rejected"])
+                        x["rejected_truncated"] = cut != x["rejected"]
+                        x["rejected_full"], x["rejected"] = x["rejected"], cut
             else:
                 pairs = cot_vs_direct(
                     samples["cot"],
@@ -368,15 +375,14 @@ def _pairs(rd: RunDir, samples: dict, demos: dict[str, str], recipe: Recipe) -> 
                     max_pairs=p.max_pairs_per_question,
                     seed=recipe.seed,
                 )
-            path.unlink(missing_ok=True)
-            with JsonlWriter(path) as w:
-                w.write_many(pairs)
+            write_jsonl_atomic(path, pairs)
             rd.set_metric(
                 "pairs",
                 {
                     "pairs": len(pairs),
                     "questions": len({x["id"] for x in pairs}),
                     "chosen_from_teacher": sum(x["chosen_from"] == "teacher" for x in pairs),
+                    "rejected_truncated": sum(x.get("rejected_truncated", False) for x in pairs),
                 },
             )
     return read_jsonl(path)

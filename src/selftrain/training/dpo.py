@@ -39,15 +39,20 @@ def preference_loss(
     ref_rejected: torch.Tensor,
     beta: float,
     kind: str = "sigmoid",
+    dpop_lambda: float = 50.0,
 ) -> torch.Tensor:
     """Per-pair DPO loss from summed log-probs, h being the policy's log-ratio margin over the
-    reference's. sigmoid: -log sigmoid(beta*h); IPO: (h - 1/(2*beta))^2."""
+    reference's. sigmoid: -log sigmoid(beta*h); IPO: (h - 1/(2*beta))^2; DPOP (DPO-Positive,
+    Pal et al. 2024): sigmoid with h lowered by lambda * max(0, ref_chosen - pi_chosen), so a
+    pair of near-identical paths cannot be separated by lowering the chosen one too."""
     h = (pi_chosen - ref_chosen) - (pi_rejected - ref_rejected)
     if kind == "sigmoid":
         return -F.logsigmoid(beta * h)
     if kind == "ipo":
         return (h - 1 / (2 * beta)) ** 2
-    raise ValueError(f"unknown DPO loss '{kind}' (sigmoid, ipo)")
+    if kind == "dpop":
+        return -F.logsigmoid(beta * (h - dpop_lambda * (ref_chosen - pi_chosen).clamp(min=0)))
+    raise ValueError(f"unknown DPO loss '{kind}' (sigmoid, ipo, dpop)")
 
 
 @torch.no_grad()
@@ -100,7 +105,7 @@ def train_dpo(
             n = len(chunk)
             pi_c, pi_r = logp[:n], logp[n:]
             ref_c, ref_r = ref[idx, 0].to(logp.device), ref[idx, 1].to(logp.device)
-            losses = preference_loss(pi_c, pi_r, ref_c, ref_r, cfg.beta, cfg.loss)
+            losses = preference_loss(pi_c, pi_r, ref_c, ref_r, cfg.beta, cfg.loss, cfg.dpop_lambda)
             loss = losses.mean()
             if cfg.nll_weight > 0:
                 loss = loss + cfg.nll_weight * (-(pi_c / count[:n]).mean())
