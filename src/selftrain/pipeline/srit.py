@@ -118,9 +118,10 @@ def run(recipe: Recipe, run_dir: str | Path) -> dict:
         if not rd.done("dpo"):
             with rd.stage("dpo"):
                 student.load_weights(rd / "sft" / "model")
+                train = {e.id: e for e in splits["train"]}
                 tok = [
                     (
-                        student.prompt_ids(task.prompt(_by_id(splits["train"], p["id"]))),
+                        student.prompt_ids(task.prompt(train[p["id"]])),
                         student.completion_ids(p["chosen"]),
                         student.completion_ids(
                             p["rejected"], eos=not p.get("rejected_truncated", False)
@@ -262,13 +263,6 @@ def _teacher(task: Task, e: Example, kind: str) -> str | None:
 
 def _demo_examples(train: list[Example], demos: dict[str, str]) -> list[tuple[Example, str]]:
     return [(e, demos[e.id]) for e in train if e.id in demos]
-
-
-def _by_id(examples: list[Example], qid: str) -> Example:
-    for e in examples:
-        if e.id == qid:
-            return e
-    raise KeyError(qid)
 
 
 def _samples(
