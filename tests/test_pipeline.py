@@ -157,3 +157,12 @@ def test_cot_vs_direct_samples_both_styles(tiny_dir, tmp_path):
     direct = [r for r in samples if r["style"] == "direct"]
     assert len(cot) == 6 * 2 and len(direct) == 6  # k CoT paths and one direct answer each
     assert {r["id"] for r in direct} == {r["id"] for r in cot}
+
+
+def test_metrics_time_every_stage(tiny_dir, tmp_path):
+    run = tmp_path / "run"
+    srit.run(_recipe(tiny_dir, eval={"evaluate_base": False}, dpo={"max_steps": 1}), run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    state = json.loads((run / "state.json").read_text())
+    assert metrics["stage_seconds"] == state["seconds"]
+    assert "eval_sft_more" in metrics["stage_seconds"]

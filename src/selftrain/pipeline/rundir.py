@@ -68,6 +68,8 @@ class RunDir:
             self._save_state()
         self.state["done"].append(name)
         self._save_state()
+        if self.metrics:  # keep metrics.json's timings complete, this stage's included
+            self.set_metric("stage_seconds", dict(self.state["seconds"]))
 
     def set_metric(self, key: str, value: Any) -> None:
         self.metrics[key] = value
