@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,29 +47,26 @@ def evaluate(
             k=1, greedy=True, max_new_tokens=max_new_tokens, batch_size=batch_size
         )
         items = [(e.id, student.prompt_ids(task.prompt(e))) for e in todo]
-        writer = JsonlWriter(out) if out else None
-        with progress.bar(label, len(todo)) as bar:
+        with (
+            JsonlWriter(out) if out else contextlib.nullcontext() as writer,
+            progress.bar(label, len(todo)) as bar,
+        ):
             for batch in generate(student, items, params):
-                records = []
-                for qid, texts, lengths in batch:
-                    ex = by_id[qid]
-                    records.append(
-                        {
-                            "id": qid,
-                            "completion": texts[0],
-                            "extracted": task.extract(texts[0]),
-                            "gold": ex.answer,
-                            "correct": task.is_correct(texts[0], ex),
-                            "tokens": lengths[0],
-                        }
-                    )
-                for r in records:
-                    done[r["id"]] = r
-                if writer:
+                records = [
+                    {
+                        "id": qid,
+                        "completion": texts[0],
+                        "extracted": task.extract(texts[0]),
+                        "gold": by_id[qid].answer,
+                        "correct": task.is_correct(texts[0], by_id[qid]),
+                        "tokens": lengths[0],
+                    }
+                    for qid, texts, lengths in batch
+                ]
+                done.update((r["id"], r) for r in records)
+                if writer is not None:
                     writer.write_many(records)
                 bar.advance(len(batch))
-        if writer:
-            writer.close()
     rows = [done[e.id] for e in examples]
     correct = sum(r["correct"] for r in rows)
     lo, hi = wilson_interval(correct, len(rows))

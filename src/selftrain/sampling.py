@@ -7,7 +7,7 @@ rerun can skip prompts already done.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,10 +31,9 @@ def generate(
     student: Student,
     items: Sequence[tuple[Any, list[int]]],
     params: SamplingParams,
-    on_tokens: Callable[[int], None] | None = None,
 ) -> Iterator[list[tuple[Any, list[str], list[int]]]]:
     """Yield, per batch, ``(key, k completion texts, k completion token counts)`` for each
-    ``(key, prompt_ids)`` item. ``on_tokens`` receives the number of tokens each batch made."""
+    ``(key, prompt_ids)`` item."""
     if not items:
         return
     was_training = student.model.training
@@ -48,13 +47,10 @@ def generate(
             ids, mask = _left_pad([p for _, p in batch], student.pad_id, student.device)
             gen = torch.Generator(device="cpu").manual_seed(params.seed * 1_000_003 + b)
             new = decode(model, ids, mask, params, student.eos_id, gen)
-            results, made = [], 0
+            results = []
             for j, (key, _) in enumerate(batch):
                 seqs = new[j * params.k : (j + 1) * params.k]
                 results.append((key, [student.decode(s) for s in seqs], [len(s) for s in seqs]))
-                made += sum(len(s) for s in seqs)
-            if on_tokens:
-                on_tokens(made)
             yield results
     finally:
         student.model.train(was_training)

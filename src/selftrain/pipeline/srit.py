@@ -53,8 +53,8 @@ def run(recipe: Recipe, run_dir: str | Path) -> dict:
 
     demos = _demos(rd, task, splits["train"], recipe)
     sft_data = [
-        (student.prompt_ids(task.prompt(by_id)), student.completion_ids(text))
-        for by_id, text in _demo_examples(splits["train"], demos)
+        (student.prompt_ids(task.prompt(e)), student.completion_ids(text))
+        for e, text in _demo_examples(splits["train"], demos)
     ]
 
     if not rd.done("sft"):
