@@ -73,3 +73,40 @@ def test_decode_drops_finished_rows_and_keeps_each_rows_tokens():
     assert capped == [list(range(s + 1, min(12, s + 4))) for s in starts]
     k2 = decode(lm, ids[:2], mask[:2], SamplingParams(k=2, max_new_tokens=20), eos_id=2)
     assert k2 == [list(range(4, 12))] * 2 + [[11]] * 2
+
+
+class ScriptedLM(torch.nn.Module):
+    """Writes ``script`` one token per step whatever it is fed (prefill is step 0)."""
+
+    def __init__(self, script: list[int], vocab: int, eos: int):
+        super().__init__()
+        self.script, self.vocab, self.eos, self.step = script, vocab, eos, 0
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, **_):
+        t = self.script[self.step] if self.step < len(self.script) else self.eos
+        self.step += 1
+        logits = torch.full((input_ids.shape[0], 1, self.vocab), -1e9)
+        logits[:, 0, t] = 0.0
+        return type("Out", (), {"logits": logits})()
+
+
+def test_calculator_forces_the_result_of_an_open_annotation(tokenizer):
+    from selftrain.sampling import calculator_hook
+
+    text = "So 12*3=<<12*3=99>>99 and <<5/0=7>>7 then <<2+2=5>>5\n#### 99"
+    script = tokenizer.encode(text, add_special_tokens=False)
+    eos = tokenizer.eos_token_id
+    ids = torch.tensor([[1, 5], [1, 6]])
+    mask = torch.ones_like(ids)
+
+    def run(hook):
+        lm = ScriptedLM(script, len(tokenizer), eos)
+        params = SamplingParams(k=2, max_new_tokens=len(script) + 2)
+        return [tokenizer.decode(r) for r in decode(lm, ids, mask, params, eos, hook=hook)]
+
+    assert run(None) == [text] * 4
+    # 12*3 is filled in (forced tokens replace the model's), 5/0 is left alone, and the
+    # forced '4>>' (2 tokens) replaces the model's '5>>' without shifting what follows.
+    fixed = "So 12*3=<<12*3=36>>99 and <<5/0=7>>7 then <<2+2=4>>5\n#### 99"
+    assert run(calculator_hook(tokenizer)) == [fixed] * 4

@@ -65,6 +65,9 @@ class SFTConfig(_Strict):
 
 class SamplingConfig(_Strict):
     n_questions: int = Field(300, gt=0)  # training questions the student answers itself
+    # where those questions start in the train split: 0 re-asks the demonstrated questions;
+    # teacher.n_questions asks only questions the teacher never demonstrated (no fallback)
+    offset: int = Field(0, ge=0)
     k: int = Field(4, gt=0)  # reasoning paths per question
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -112,6 +115,8 @@ class Recipe(_Strict):
     method: Literal["srit"] = "srit"
     seed: int = 0
     threads: int | None = None  # torch threads; None: torch's default
+    # fill in ``<<expr=`` annotations with a safe calculator while decoding (sampling and eval)
+    calculator: bool = True
     student: StudentConfig = StudentConfig()
     task: TaskConfig = TaskConfig()
     teacher: TeacherConfig = TeacherConfig()

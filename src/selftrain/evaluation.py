@@ -36,6 +36,7 @@ def evaluate(
     batch_size: int = 64,
     out: str | Path | None = None,
     label: str = "eval",
+    calculator: bool = False,
 ) -> dict:
     """Greedy-decode every example and judge it. With ``out`` (a JSONL file), each answer is
     appended as it is made and a rerun only decodes the examples not yet in the file."""
@@ -44,7 +45,11 @@ def evaluate(
     by_id = {e.id: e for e in examples}
     if todo:
         params = SamplingParams(
-            k=1, greedy=True, max_new_tokens=max_new_tokens, batch_size=batch_size
+            k=1,
+            greedy=True,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            calculator=calculator,
         )
         items = [(e.id, student.prompt_ids(task.prompt(e))) for e in todo]
         with (

@@ -7,12 +7,14 @@ rerun can skip prompts already done.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from selftrain import calculator
 from selftrain.models import Student
 
 
@@ -25,6 +27,42 @@ class SamplingParams:
     max_new_tokens: int = 96
     batch_size: int = 64  # sequences decoded together (prompts per batch = batch_size // k)
     seed: int = 0
+    calculator: bool = False  # fill in ``<<expr=`` annotations (see selftrain.calculator)
+
+
+class CalculatorHook:
+    """Forces a calculator's result into sequences that end in an open ``<<expr=``.
+
+    Only tokens whose text ends in ``=`` can open a result, so the tail of a sequence is
+    decoded (and the expression parsed) only after one of those."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        vocab = tokenizer.get_vocab()
+        self.triggers = {
+            i for i in vocab.values() if tokenizer.decode([i]).endswith("=")
+        }
+
+    def forced(self, tokens: list[int]) -> list[int]:
+        """Token ids to force after ``tokens`` (empty when nothing is to be filled in)."""
+        if not tokens or tokens[-1] not in self.triggers:
+            return []
+        text = self.tokenizer.decode(tokens[-calculator.MAX_EXPRESSION_CHARS :])
+        result = calculator.fill(text)
+        if result is None:
+            return []
+        return self.tokenizer.encode(result, add_special_tokens=False)
+
+
+_HOOKS: dict[int, CalculatorHook] = {}
+
+
+def calculator_hook(tokenizer: Any) -> CalculatorHook:
+    """The (cached) calculator hook of ``tokenizer``."""
+    key = id(tokenizer)
+    if key not in _HOOKS:
+        _HOOKS[key] = CalculatorHook(tokenizer)
+    return _HOOKS[key]
 
 
 def generate(
@@ -46,7 +84,8 @@ def generate(
             batch = [items[i] for i in order[start : start + per_batch]]
             ids, mask = _left_pad([p for _, p in batch], student.pad_id, student.device)
             gen = torch.Generator(device="cpu").manual_seed(params.seed * 1_000_003 + b)
-            new = decode(model, ids, mask, params, student.eos_id, gen)
+            hook = calculator_hook(student.tokenizer) if params.calculator else None
+            new = decode(model, ids, mask, params, student.eos_id, gen, hook)
             results = []
             for j, (key, _) in enumerate(batch):
                 seqs = new[j * params.k : (j + 1) * params.k]
@@ -64,6 +103,7 @@ def decode(
     params: SamplingParams,
     eos_id: int,
     gen: torch.Generator | None = None,
+    hook: CalculatorHook | None = None,
 ) -> list[list[int]]:
     """Decode ``params.k`` continuations of each left-padded prompt; return their tokens
     (without EOS), prompt-major: rows ``i*k .. i*k+k-1`` belong to prompt ``i``.
@@ -77,15 +117,7 @@ def decode(
 
     cache = DynamicCache(config=getattr(model, "config", None))
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=pos,
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    logits = out.logits[:, -1].float()
+    logits = _prefill(model, ids, mask, pos, cache)
     last = pos[:, -1:]
     if params.k > 1:
         cache.batch_repeat_interleave(params.k)
@@ -95,15 +127,25 @@ def decode(
     rows = list(range(logits.shape[0]))  # output row of each batch row
     done = [False] * len(rows)
     outputs: list[list[int]] = [[] for _ in rows]
+    forced: dict[int, deque[int]] = {}  # output row -> calculator tokens still to feed
     for step in range(params.max_new_tokens):
         nxt = _pick(logits, params, gen)
+        if forced:
+            for j, r in enumerate(rows):
+                if forced.get(r):
+                    nxt[j] = forced[r].popleft()
         for j, t in enumerate(nxt.tolist()):
             if done[j]:
                 continue  # finished rows ride along until the next compaction
             if t == eos_id:
                 done[j] = True
-            else:
-                outputs[rows[j]].append(t)
+                continue
+            out_row = outputs[rows[j]]
+            out_row.append(t)
+            if hook is not None and not forced.get(rows[j]):
+                fill = hook.forced(out_row)
+                if fill:
+                    forced[rows[j]] = deque(fill)
         live = [j for j, d in enumerate(done) if not d]
         if not live or step == params.max_new_tokens - 1:
             break
@@ -125,6 +167,30 @@ def decode(
         )
         logits = out.logits[:, -1].float()
     return outputs
+
+
+def _prefill(model, ids, mask, pos, cache) -> torch.Tensor:
+    """Run the prompts through the model and return the last position's logits (fp32).
+
+    Where the output layer is a plain linear map, it is applied here to the contiguous last
+    hidden states: transformers' ``logits_to_keep=1`` slices a non-contiguous ``[B, 1, H]``
+    view, which torch's CPU matmul multiplies by expanding the ``[H, vocab]`` weight to
+    ``[B, H, vocab]`` (a 7 GB copy for SmolLM2 at batch 128; measured: half the time of a
+    whole evaluation went there).
+    """
+    config = getattr(model, "config", None)
+    plain_head = (
+        hasattr(model, "get_decoder")
+        and getattr(config, "final_logit_softcapping", None) is None
+        and getattr(config, "logit_scale", None) is None
+        and model.get_output_embeddings() is not None
+    )
+    kwargs = {"attention_mask": mask, "position_ids": pos, "past_key_values": cache}
+    if plain_head:
+        hidden = model.get_decoder()(input_ids=ids, use_cache=True, **kwargs).last_hidden_state
+        return model.get_output_embeddings()(hidden[:, -1].contiguous()).float()
+    out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **kwargs)
+    return out.logits[:, -1].float()
 
 
 def _pick(

@@ -74,6 +74,7 @@ def run(recipe: Recipe, run_dir: str | Path) -> dict:
                     max_new_tokens=recipe.sft.max_new_tokens,
                     batch_size=recipe.eval.batch_size,
                     label="sft validation",
+                    calculator=recipe.calculator,
                 )
                 out = {"accuracy": acc["accuracy"]}
                 if val_data:
@@ -181,7 +182,9 @@ def _data(rd: RunDir, task: Task, recipe: Recipe) -> dict[str, list[Example]]:
         )
     if not rd.done("data"):
         with rd.stage("data"):
-            n_train = max(recipe.teacher.n_questions, recipe.sampling.n_questions)
+            n_train = max(
+                recipe.teacher.n_questions, recipe.sampling.offset + recipe.sampling.n_questions
+            )
             for split in sorted(needed):
                 n = {"train": n_train, "validation": recipe.sft.val_questions}.get(
                     split, recipe.eval.n_per_split.get(split, recipe.eval.n)
@@ -221,6 +224,7 @@ def _evaluate_stage(
                 batch_size=recipe.eval.batch_size,
                 out=rd / "eval" / name / f"{split}.jsonl",
                 label=f"eval {name} {split}",
+                calculator=recipe.calculator,
             )
             log.info("%s %s: %s", name, split, result[split])
         rd.set_metric(name, result)
@@ -271,7 +275,8 @@ def _samples(
     """k sampled paths per training question (CoT; also direct answers for cot_vs_direct),
     each judged against the ground truth; appended per batch, resumed per question."""
     styles = ["cot"] + (["direct"] if recipe.pairs.policy == "cot_vs_direct" else [])
-    questions = train[: recipe.sampling.n_questions]
+    first = recipe.sampling.offset
+    questions = train[first : first + recipe.sampling.n_questions]
     by_id = {e.id: e for e in questions}
     path = rd / "samples.jsonl"
     if not rd.done("samples"):
@@ -296,6 +301,7 @@ def _samples(
                     max_new_tokens=s.max_new_tokens,
                     batch_size=s.batch_size,
                     seed=recipe.seed + len(have),
+                    calculator=recipe.calculator,
                 )
                 items = [
                     (e.id, student.prompt_ids(_styled(task.prompt(e), style, recipe))) for e in todo

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -28,11 +29,17 @@ def register(name: str) -> Callable[[F], F]:
 
 
 def get(name: str, **kwargs: Any) -> Task:
-    """Build the task registered under ``name`` with ``kwargs``."""
+    """Build the task registered under ``name`` with ``kwargs``.
+
+    ``"base:subset"`` (for example ``"mmlu:stem"`` or ``"math:math500"``) passes
+    ``subset="subset"`` to the factory registered as ``base``."""
+    base, _, subset = name.partition(":")
     try:
-        factory = _REGISTRY[name]
+        factory = _REGISTRY[base]
     except KeyError:
-        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(names())}") from None
+        raise KeyError(f"unknown task {base!r}; known tasks: {', '.join(names())}") from None
+    if subset:
+        kwargs = {**kwargs, "subset": subset}
     return factory(**kwargs)
 
 
@@ -42,3 +49,7 @@ def names() -> list[str]:
 
 
 register("arithmetic")(ArithmeticTask)
+
+# Importing these modules registers the real benchmarks (each module calls ``register``).
+for _module in ("math_word", "competition_math", "choice"):
+    importlib.import_module(f"selftrain.tasks.{_module}")

@@ -1,0 +1,406 @@
+"""Competition mathematics: MATH (Hendrycks et al.) and its MATH-500 test subset.
+
+Files under the data directory (see its SOURCES.md):
+
+- ``math/train.jsonl`` (7,500) and ``math/test.jsonl`` (5,000): ``problem``, ``level``
+  (``"Level 3"``), ``type`` (the subject), ``solution``; the gold answer is the content of the
+  last ``\\boxed{...}`` in the solution.
+- ``math/math500_test.jsonl`` (500): ``problem``, ``solution``, ``answer``, ``subject``,
+  ``level`` (an int), ``unique_id``; the gold answer is ``answer``.
+
+Tasks: ``math`` (full MATH), ``math:math500`` or ``math500`` (MATH-500 as the test split, the
+full MATH train split for few-shot examples and training), and ``math:<subject>`` (for
+example ``math:number_theory``: both splits restricted to one subject).
+
+Judging: :meth:`MathTask.extract` takes the last ``\\boxed{}`` of a completion (else the text
+after "the answer is" / "final answer:", else a one-line completion as a whole) and
+:func:`answers_match` compares it with the gold answer through math-verify, after a
+normalised string comparison that also covers answers math-verify cannot parse.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import threading
+from typing import Any, ClassVar
+
+from math_verify import parse, verify
+
+from selftrain.tasks import register
+from selftrain.tasks.base import Example
+from selftrain.tasks.benchmark import BenchmarkTask
+from selftrain.tasks.data import DataError, field, load_hub, read_jsonl_records, require_file
+
+__all__ = [
+    "MATH_SUBJECTS",
+    "MathTask",
+    "answers_match",
+    "extract_answer",
+    "last_boxed",
+    "math500",
+    "normalise_answer",
+]
+
+# Subject key -> the name used in the data's ``type`` / ``subject`` fields. The keys are
+# also the configs of the hub's EleutherAI/hendrycks_math.
+MATH_SUBJECTS: dict[str, str] = {
+    "algebra": "Algebra",
+    "counting_and_probability": "Counting & Probability",
+    "geometry": "Geometry",
+    "intermediate_algebra": "Intermediate Algebra",
+    "number_theory": "Number Theory",
+    "prealgebra": "Prealgebra",
+    "precalculus": "Precalculus",
+}
+MATH500 = "math500"
+MATH500_FILE = "math/math500_test.jsonl"
+MATH500_HUB = "HuggingFaceH4/MATH-500"
+
+# math-verify guards parsing and each comparison with SIGALRM; these are its limits (seconds).
+PARSE_TIMEOUT_S = 3
+VERIFY_TIMEOUT_S = 3
+# Longer predicted answers skip math-verify (only the string comparison runs), which bounds
+# the work done where no timeout can be armed (worker threads).
+MAX_VERIFY_CHARS = 400
+# A completion with no box and no "answer is" phrase counts as a bare answer if it is one
+# line of at most this many characters (the "direct" prompting style).
+MAX_BARE_ANSWER_CHARS = 80
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BOX_TOKEN_RE = re.compile(r"\\boxed[ \t]+([^\s${}]+)")  # "\boxed 9", as in two MATH solutions
+_ANSWER_IS_RE = re.compile(r"\banswer\s*(?:is\b|:)\s*[:=]?\s*(?P<ans>[^\n]+)", re.IGNORECASE)
+_DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
+_LEVEL_RE = re.compile(r"(\d+)")
+
+logger = logging.getLogger(__name__)
+
+
+def subject_key(name: str) -> str:
+    """``"Counting & Probability"`` -> ``"counting_and_probability"`` (case/space-insensitive)."""
+    text = name.strip().lower().replace("&", " and ")
+    return re.sub(r"[^a-z0-9]+", "_", text).strip("_")
+
+
+# -- answer extraction ---------------------------------------------------------------------
+
+
+def _braced(text: str, start: int) -> tuple[str, int] | None:
+    """Content of the brace group opening at ``text[start] == "{"`` and the index just past
+    its closing brace, or None if it never closes. ``\\{`` and ``\\}`` are literal braces."""
+    depth = 0
+    i = start
+    while i < len(text):
+        char = text[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start + 1 : i], i + 1
+        i += 1
+    return None
+
+
+def _boxes(text: str) -> list[tuple[int, str]]:
+    """``(position, stripped content)`` of every complete ``\\boxed{...}`` / ``\\fbox{...}``
+    (nested braces kept, empty ones included) and brace-less ``\\boxed 9``, in order."""
+    found: list[tuple[int, str]] = []
+    for match in _BOX_RE.finditer(text):
+        group = _braced(text, match.end() - 1)
+        if group is not None:
+            found.append((match.start(), group[0].strip()))
+    found.extend((m.start(), m.group(1)) for m in _BOX_TOKEN_RE.finditer(text))
+    return sorted(found)
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last complete, non-empty box (see :func:`_boxes`), or None. Empty and
+    unterminated (truncated) boxes are passed over in favour of an earlier complete one."""
+    contents = [content for _, content in _boxes(text) if content]
+    return contents[-1] if contents else None
+
+
+def _strip_math(text: str) -> str:
+    """Drop markdown emphasis, a trailing full stop and ``$...$`` / ``\\(...\\)`` /
+    ``\\[...\\]`` delimiters around a whole answer."""
+    text = text.strip().strip("*").strip()
+    while True:
+        before = text
+        text = text.rstrip(" .,;").strip()
+        for left, right in _DELIMITERS:
+            inner = text[len(left) : -len(right)]
+            if (
+                len(text) > len(left) + len(right)
+                and text.startswith(left)
+                and text.endswith(right)
+                and left not in inner
+            ):
+                text = inner.strip()
+        text = text.strip("*").strip()
+        if text == before:
+            return text
+
+
+def _answer_phrase(text: str) -> str:
+    """The answer in the text after "the answer is": its first math span if it starts with
+    one (``$5$. I hope it is correct.``), else everything up to the end of the sentence."""
+    text = text.strip().strip("*").strip()
+    for left, right in _DELIMITERS:
+        if text.startswith(left):
+            end = text.find(right, len(left))
+            if end > len(left):
+                return text[len(left) : end].strip()
+    sentence = re.split(r"\.(?:\s|$)", text, maxsplit=1)[0]
+    return _strip_math(sentence)
+
+
+def extract_answer(completion: str) -> str | None:
+    """The final answer of a completion: the last ``\\boxed{}``; else what follows the last
+    "the answer is" / "final answer:"; else the whole completion when it is one short line
+    (a direct answer such as ``$\\frac{1}{2}$``); else None.
+
+    The last ``$...$`` of a longer completion is deliberately *not* used: in a chain of
+    thought it is usually an intermediate step, and the model is asked to box its answer."""
+    boxed = last_boxed(completion)
+    if boxed is not None:
+        return boxed
+    matches = list(_ANSWER_IS_RE.finditer(completion))
+    if matches:
+        return _answer_phrase(matches[-1].group("ans")) or None
+    text = completion.strip()
+    if text and "\n" not in text and len(text) <= MAX_BARE_ANSWER_CHARS:
+        return _strip_math(text) or None
+    return None
+
+
+# -- judging -------------------------------------------------------------------------------
+
+_TEXT_CMD_RE = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
+_SPACING_RE = re.compile(r"\\[,;:! ]|\\q?quad|~")
+_DEGREE_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°")
+# A numeral in another base: "52_8", "4210_{5}", "\text{A5}_{12}" (digits and capital letters
+# with at least one digit, not part of a command or a variable name such as \log_2 or a_1).
+_BASE_RE = re.compile(
+    r"(?<![\\a-zA-Z])(?:\\text\{)?[0-9A-Z.]*\d[0-9A-Z.]*\}?\s*_\s*(?:\{\s*(\d+)\s*\}|(\d+))"
+)
+
+
+def normalise_answer(answer: str) -> str:
+    """A conservative canonical string for an answer: no spacing, ``$``, ``\\left``/
+    ``\\right``, ``\\text{}`` wrappers, degree signs or trailing full stop;
+    ``\\dfrac``/``\\tfrac`` become ``\\frac``. Case is kept."""
+    text = answer.strip()
+    text = _TEXT_CMD_RE.sub(r"\1", text)
+    text = _SPACING_RE.sub("", text)
+    text = _DEGREE_RE.sub("", text)
+    text = text.replace("\\left", "").replace("\\right", "").replace("\\displaystyle", "")
+    text = re.sub(r"\\[dt]frac", r"\\frac", text)
+    text = text.replace("\\$", "").replace("$", "")
+    text = re.sub(r"\s+", "", text)
+    return text.rstrip(".")
+
+
+def _bases(answer: str) -> list[str]:
+    """The bases of the numerals written with a base subscript, in order."""
+    return [a or b for a, b in _BASE_RE.findall(answer)]
+
+
+def _timeouts() -> tuple[int | None, int | None]:
+    """math-verify's (parsing, comparison) timeouts: SIGALRM only works in the main thread
+    of the main interpreter on POSIX, so elsewhere they are off (math-verify would raise)
+    and :data:`MAX_VERIFY_CHARS` is the only guard."""
+    if os.name == "posix" and threading.current_thread() is threading.main_thread():
+        return PARSE_TIMEOUT_S, VERIFY_TIMEOUT_S
+    return None, None
+
+
+def _parse(answer: str, timeout_s: int | None) -> list[Any]:
+    return parse(f"$\\boxed{{{answer}}}$", parsing_timeout=timeout_s)
+
+
+@functools.lru_cache(maxsize=32768)
+def _parse_gold(answer: str, timeout_s: int | None) -> tuple[Any, ...]:
+    return tuple(_parse(answer, timeout_s))
+
+
+def answers_match(gold: str, predicted: str) -> bool:
+    """Whether ``predicted`` is equivalent to the gold answer ``gold`` (both LaTeX without
+    ``\\boxed``): equal after :func:`normalise_answer`, or equal according to math-verify
+    (numbers, fractions, roots, sets, tuples, intervals, matrices, equations, ``x=5`` for
+    ``5``, ...). Never raises; unparsable answers count as different unless their strings
+    match."""
+    if normalise_answer(gold) == normalise_answer(predicted):
+        return True
+    if len(predicted) > MAX_VERIFY_CHARS or len(gold) > MAX_VERIFY_CHARS:
+        return False
+    # math-verify reads "52_8" as 52 and would accept "52_9"; a stated base must be the gold's.
+    predicted_bases = _bases(predicted)
+    if predicted_bases and predicted_bases != _bases(gold):
+        return False
+    parse_s, verify_s = _timeouts()
+    try:
+        gold_parsed = list(_parse_gold(gold, parse_s))
+        pred_parsed = _parse(predicted, parse_s)
+        if not gold_parsed or not pred_parsed:
+            return False
+        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=verify_s))
+    except Exception as exc:  # math-verify reports its own errors; a judge must not crash
+        logger.debug("math-verify failed on %r vs %r: %s", gold, predicted, exc)
+        return False
+
+
+# -- the task ------------------------------------------------------------------------------
+
+
+def _level(value: str | int) -> int | None:
+    """``"Level 3"`` or ``3`` -> 3; ``"Level ?"`` (two train items) -> None."""
+    if isinstance(value, int):
+        return value
+    match = _LEVEL_RE.search(value)
+    return int(match.group(1)) if match else None
+
+
+@register("math")
+class MathTask(BenchmarkTask):
+    """MATH competition problems judged with math-verify (see the module docstring).
+
+    ``subset``: None (all 12,500 problems), ``"math500"`` (the 500-problem test subset of
+    Lightman et al.) or a subject key such as ``"number_theory"``."""
+
+    name = "math"
+    kind = "math"
+    files: ClassVar[dict[str, str]] = {"train": "math/train.jsonl", "test": "math/test.jsonl"}
+    hub_name = "EleutherAI/hendrycks_math"  # one config per subject; MATH-500: MATH500_HUB
+    hub_config = None
+    hub_splits: ClassVar[dict[str, str]] = {"train": "train", "test": "test"}
+    test_split = "test"
+    train_split = "train"
+
+    def __init__(self, *, subset: str | None = None, **kwargs: Any) -> None:
+        """``subset`` as in the class docstring; other arguments as :class:`BenchmarkTask`."""
+        super().__init__(**kwargs)
+        self.subset: str | None = None
+        self.subject: str | None = None  # subject key when the task is one subject
+        self.skipped: list[str] = []  # "file:line" of records without a gold answer
+        if subset is not None and subset.strip():
+            key = subject_key(subset)
+            if key == MATH500:
+                self.subset = MATH500
+            elif key in MATH_SUBJECTS:
+                self.subset = self.subject = key
+            else:
+                valid = ", ".join([MATH500, *MATH_SUBJECTS])
+                raise ValueError(f"unknown MATH subset {subset!r}; valid subsets: {valid}")
+        self.name = f"math:{self.subset}" if self.subset else "math"
+
+    def path(self, split: str) -> str:
+        """The file of ``split`` relative to the data directory."""
+        if split == "test" and self.subset == MATH500:
+            return MATH500_FILE
+        return self.files[split]
+
+    def read_split(self, split: str) -> list[Example]:
+        """Examples of ``split`` from the data directory (restricted to the subject, if any).
+
+        Records whose solution boxes nothing (``\\boxed{}``: two train problems,
+        number_theory/7115 and 7117) have no gold answer; they are skipped with a warning
+        and listed in :attr:`skipped`."""
+        relative = self.path(split)
+        path = require_file(self.root, relative)
+        examples = []
+        for line, record in read_jsonl_records(path):
+            example = self.parse_record(record, f"{path}:{line}", split, line - 1)
+            if example is not None and self._keep(example):
+                examples.append(example)
+        return examples
+
+    def load(self, split: str | None = None, n: int | None = None) -> list[Example]:
+        """As :meth:`BenchmarkTask.load`; from the hub, full MATH is the union of
+        EleutherAI/hendrycks_math's seven subject configs."""
+        split = split or self.test_split
+        if self.source == "hub" and split in self.splits() and split not in self._cache:
+            examples: list[Example] = []
+            for name, config in self._hub_sources(split):
+                rows = load_hub(name, config, self.hub_splits[split])
+                for i, row in enumerate(rows):
+                    example = self.parse_hub(row, split, i)
+                    if example is not None and self._keep(example):
+                        examples.append(example)
+            self._cache[split] = examples
+        return super().load(split, n)
+
+    def _hub_sources(self, split: str) -> list[tuple[str, str | None]]:
+        if split == "test" and self.subset == MATH500:
+            return [(MATH500_HUB, None)]
+        configs = [self.subject] if self.subject else list(MATH_SUBJECTS)
+        return [(self.hub_name or "", config) for config in configs]
+
+    def _keep(self, example: Example) -> bool:
+        return self.subject is None or subject_key(example.meta["subject"]) == self.subject
+
+    def parse_hub(self, row: dict[str, Any], split: str, index: int) -> Example | None:
+        """A row of HuggingFaceH4/MATH-500 (``answer``, ``subject``, ``unique_id``) or of
+        EleutherAI/hendrycks_math (``type``, answer boxed in ``solution``); None for a
+        solution whose box is empty."""
+        source = MATH500_HUB if "answer" in row else self.hub_name
+        return self.parse_record(row, f"hub {source} {split} row {index}", split, index)
+
+    def parse_record(
+        self, record: dict[str, Any], where: str, split: str, index: int
+    ) -> Example | None:
+        """One record of either schema; ``where`` names the file and line for errors. None
+        (with a warning, noted in :attr:`skipped`) when the solution's last box is empty."""
+        problem = field(record, "problem", where)
+        solution = field(record, "solution", where)
+        if "answer" in record:
+            answer = field(record, "answer", where).strip()
+            if not answer:
+                raise DataError(f"{where}: field 'answer' is empty")
+        else:
+            boxes = _boxes(solution)
+            if not boxes:
+                raise DataError(f"{where}: field 'solution' has no \\boxed{{...}} final answer")
+            answer = boxes[-1][1]
+            if not answer:
+                logger.warning("%s: field 'solution' boxes nothing; item skipped", where)
+                self.skipped.append(where)
+                return None
+        subject = field(record, "subject" if "subject" in record else "type", where)
+        level = field(record, "level", where, (str, int))
+        meta: dict[str, Any] = {"subject": subject, "level": _level(level)}
+        if "unique_id" in record:
+            meta["unique_id"] = field(record, "unique_id", where)
+            ident = meta["unique_id"]
+        elif "idx" in record:
+            meta["idx"] = field(record, "idx", where, int)
+            ident = f"{split}/{meta['idx']}"
+        else:  # hub rows of hendrycks_math: index counts within one subject config
+            ident = f"{split}/{subject_key(subject)}/{index}"
+        return Example(id=ident, question=problem, answer=answer, rationale=solution, meta=meta)
+
+    def extract(self, completion: str) -> str | None:
+        """The final answer of ``completion`` (see :func:`extract_answer`)."""
+        return extract_answer(completion)
+
+    def is_correct(self, completion: str, example: Example) -> bool:
+        """Whether the extracted answer is equivalent to the gold one (:func:`answers_match`)."""
+        predicted = self.extract(completion)
+        return predicted is not None and answers_match(example.answer, predicted)
+
+    def describe(self) -> dict[str, Any]:
+        """Name, kind, source and subset."""
+        return {**super().describe(), "subset": self.subset}
+
+
+@register("math500")
+def math500(subset: str | None = None, **kwargs: Any) -> MathTask:
+    """MATH-500: the same as ``math:math500``."""
+    if subset is not None:
+        raise ValueError(f"task math500 has no subsets (got {subset!r}); use math:<subject>")
+    return MathTask(subset=MATH500, **kwargs)
