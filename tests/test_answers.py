@@ -85,3 +85,9 @@ def test_is_correct_number() -> None:
     assert not is_correct_number("#### 20", "19")
     assert not is_correct_number("I don't know.", "19")
     assert is_correct_number("The answer is $1,234.", "1234")
+
+
+def test_answer_line_with_an_equation_takes_the_result():
+    assert extract_number("The answer is 4 + 1 = 5.") == "5"
+    assert extract_number("#### 2*3=6") == "6"
+    assert extract_number("The answer is 12 apples.") == "12"

@@ -23,7 +23,13 @@ def _recipe(tiny_dir, **extra):
             "max_new_tokens": 8,
             "batch_size": 4,
         },
-        "sampling": {"n_questions": 6, "k": 2, "max_new_tokens": 8, "batch_size": 8},
+        "sampling": {
+            "n_questions": 6,
+            "offset": 0,
+            "k": 2,
+            "max_new_tokens": 8,
+            "batch_size": 8,
+        },
         "dpo": {"batch_size": 2},
         "eval": {"n": 5, "max_new_tokens": 8, "splits": ["in_domain", "out_of_domain"]},
     }
@@ -166,3 +172,9 @@ def test_metrics_time_every_stage(tiny_dir, tmp_path):
     state = json.loads((run / "state.json").read_text())
     assert metrics["stage_seconds"] == state["seconds"]
     assert "eval_sft_more" in metrics["stage_seconds"]
+
+
+def test_sampling_past_the_train_split_is_an_error(tiny_dir, tmp_path):
+    recipe = _recipe(tiny_dir, sampling={"offset": 40}, eval={"evaluate_base": False})
+    with pytest.raises(ValueError, match=r"sampling\.offset"):
+        srit.run(recipe, tmp_path / "run")

@@ -81,7 +81,8 @@ def _last_number(text: str, pattern: re.Pattern[str]) -> str | None:
 def extract_number(text: str, *, ratios: bool = False) -> str | None:
     """Extract the final numeric answer from a completion, or None if there is none.
 
-    Priority: the last ``#### N`` marker, then the last "The answer is N" / "answer: N",
+    Priority: the last ``#### N`` marker, then the last "The answer is N" / "answer: N" (the
+    number after the line's last ``=`` where it has one: "The answer is 4 + 1 = 5"),
     then the last ``\\boxed{N}``, then the last number in the text. Calculator annotations
     ``<<...>>`` are ignored; ``\\frac{a}{b}`` and ``(a/b)`` read as ``a/b``. With ``ratios``,
     ``3:4`` is one answer (a ratio) instead of two numbers; leave it off where times like 3:30
@@ -92,7 +93,11 @@ def extract_number(text: str, *, ratios: bool = False) -> str | None:
     text = _PAREN_FRAC.sub(r"\1", text)
     for marker_pattern in (_HASHES, _ANSWER_IS, _BOXED):
         for marker in reversed(list(marker_pattern.finditer(text))):
-            number = _first_number(marker.group("rest"), pattern)
+            rest = marker.group("rest")
+            # "The answer is 4 + 1 = 5.": the result follows the last "=" of the line.
+            if marker_pattern is not _BOXED and "=" in rest:
+                rest = rest.rsplit("=", 1)[1]
+            number = _first_number(rest, pattern)
             if number is not None:
                 return number
     return _last_number(text, pattern)

@@ -3,8 +3,9 @@
 During decoding, a sequence that ends in an open ``<<expr=`` gets the value of ``expr`` and
 ``>>`` forced as its next tokens (see :mod:`selftrain.sampling`). The expression comes from a
 model, so it is parsed by a small recursive-descent parser over exact fractions, never by
-``eval``: numbers (``1,234.5``), ``+ - * / x × ÷``, parentheses, a postfix ``%`` (divides by
-100) and powers (``^`` or ``**``) with small integer exponents. The expression's length, the
+``eval``: numbers (``1,234.5``), ``+ - * / x`` and the typographic times and divide signs,
+parentheses, a postfix ``%`` (divides by 100) and powers (``^`` or ``**``) with small integer
+exponents. The expression's length, the
 nesting depth and the size of every intermediate number are bounded, so no input can take
 long; anything it cannot compute (junk, division by zero, a number too big) gives ``None``.
 """
@@ -23,10 +24,10 @@ MAX_EXPONENT = 12
 MAX_DENOMINATOR = 10**12
 
 _TOKEN = re.compile(
-    r"\s*(?:(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d*)?|\.\d+)|(?P<op>\*\*|[-+*/x×÷^%()]))"
+    r"\s*(?:(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d*)?|\.\d+)|(?P<op>\*\*|[-+*/x\u00d7\u00f7^%()]))"
 )
 # An annotation still open at the end of the text: ``<<expr=`` with nothing after the ``=``.
-_OPEN = re.compile(r"<<([^<>=\n]{1,%d})=$" % MAX_EXPRESSION_CHARS)
+_OPEN = re.compile(rf"<<([^<>=\n]{{1,{MAX_EXPRESSION_CHARS}}})=$")
 
 
 class _Fail(Exception):
@@ -72,10 +73,10 @@ class _Parser:
 
     def term(self) -> Fraction:
         value = self.unary()
-        while self.peek() in ("*", "x", "×", "/", "÷"):
+        while self.peek() in ("*", "x", "\u00d7", "/", "\u00f7"):
             op = self.take()[1]
             rhs = self.unary()
-            if op in ("/", "÷"):
+            if op in ("/", "\u00f7"):
                 if rhs == 0:
                     raise _Fail
                 value = _check(value / rhs)

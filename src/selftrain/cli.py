@@ -46,7 +46,7 @@ def run(
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from selftrain.config import RecipeError, load_recipe
     from selftrain.models import ModelLoadError
-    from selftrain.pipeline import srit
+    from selftrain.pipeline import dpo_st, srit
     from selftrain.pipeline.rundir import RunDirError
 
     try:
@@ -55,10 +55,138 @@ def run(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     try:
-        srit.run(r, run_dir or Path("runs") / r.name)
+        pipeline = srit if r.method == "srit" else dpo_st  # dpo_st, self_training
+        pipeline.run(r, run_dir or Path("runs") / r.name)
     except (ModelLoadError, RunDirError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
+
+
+def _build_tasks(names: list[str], data_dir: Path | None, style: str, n_shots: int) -> list:
+    """Tasks by registry name; benchmark tasks get the data dir and prompting style."""
+    from selftrain import tasks as registry
+    from selftrain.tasks.benchmark import BenchmarkTask
+
+    built = []
+    for name in names:
+        base = name.partition(":")[0]
+        factory = registry._REGISTRY.get(base)
+        if factory is None:
+            raise typer.BadParameter(
+                f"unknown task {base!r}; known tasks: {', '.join(registry.names())}",
+                param_hint="--tasks",
+            )
+        kwargs = {}
+        if isinstance(factory, type) and issubclass(factory, BenchmarkTask):
+            kwargs = {"data_dir": data_dir, "style": style, "n_shots": n_shots}
+        built.append(registry.get(name, **kwargs))
+    return built
+
+
+@app.command("eval")
+def eval_(
+    tasks: Annotated[str, typer.Option(help="comma-separated task names: gsm8k,svamp,mmlu:stem")],
+    model: Annotated[
+        str, typer.Option(help="hub id, local folder, .gguf file, or the embedded default")
+    ] = "smollm2-135m-instruct",
+    gguf_file: Annotated[str | None, typer.Option(help="GGUF file name inside --model")] = None,
+    adapter: Annotated[
+        Path | None, typer.Option(help="trained weights to load (a run's checkpoint folder)")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="first N questions of each task")] = None,
+    split: Annotated[str | None, typer.Option(help="split (default: each task's test)")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="benchmark data folder (or $SELFTRAIN_DATA_DIR)")
+    ] = None,
+    style: Annotated[str, typer.Option(help="prompting: cot, direct or fewshot")] = "cot",
+    n_shots: Annotated[int, typer.Option(help="examples in a few-shot prompt")] = 4,
+    scoring: Annotated[
+        str, typer.Option(help="generate, loglik (options' likelihood) or auto")
+    ] = "generate",
+    train_task: Annotated[
+        str | None, typer.Option(help="group results in-domain vs out-of-domain")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default: evals/NAME)")] = None,
+    batch_size: Annotated[int, typer.Option(help="sequences decoded together")] = 64,
+    max_new_tokens: Annotated[int | None, typer.Option(help="default: per task")] = None,
+    calculator: Annotated[bool, typer.Option(help="fill in <<expr=>> while decoding")] = False,
+    bf16: Annotated[bool, typer.Option(help="decode in bfloat16 (faster on CPU)")] = True,
+    system_prompt: Annotated[str | None, typer.Option(help="system message")] = None,
+) -> None:
+    """Accuracy of a model on benchmark tasks, with 95% intervals, as JSON and Markdown."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from selftrain.bench import run_eval
+    from selftrain.config import LoraConfig, StudentConfig
+    from selftrain.models import ModelLoadError, Student
+    from selftrain.tasks.data import DataError
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    try:
+        built = _build_tasks(names, data_dir, style, n_shots)
+        cfg = StudentConfig(
+            model=model,
+            gguf_file=gguf_file,
+            autocast_bf16=bf16,
+            system_prompt=system_prompt,
+            lora=LoraConfig(enabled=False),
+        )
+        student = Student.load(cfg)
+        if adapter is not None:
+            student.load_weights(adapter)
+        label = Path(model).name + (f"+{adapter.name}" if adapter else "")
+        folder = out or Path("evals") / label
+        summary = run_eval(
+            student,
+            built,
+            folder,
+            limit=limit,
+            split=split,
+            scoring=scoring,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            calculator=calculator,
+            train_task=train_task,
+            model_name=label,
+        )
+    except (DataError, ModelLoadError, ValueError, KeyError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    from selftrain.bench import markdown_table
+
+    Console().print(Markdown(markdown_table(summary)))
+    typer.echo(f"results: {folder / 'results.json'}, {folder / 'results.md'}")
+
+
+@app.command("tasks")
+def tasks_(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="benchmark data folder (or $SELFTRAIN_DATA_DIR)")
+    ] = None,
+) -> None:
+    """List the registered tasks with their splits and sizes."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from selftrain import tasks as registry
+    from selftrain.tasks.data import DataError
+
+    table = Table("task", "kind", "splits (size)")
+    for name in registry.names():
+        task = _build_tasks([name], data_dir, "cot", 4)[0]
+        try:
+            sizes = (
+                task.sizes()
+                if callable(getattr(task, "sizes", None))
+                else {s: len(task.load(s)) for s in task.splits()}
+            )
+            text = ", ".join(f"{s} ({n:,})" for s, n in sizes.items())
+        except DataError as e:
+            text = f"[red]{e}[/red]"
+        table.add_row(name, getattr(task, "kind", "number"), text)
+    Console().print(table)
 
 
 @app.command()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class _Strict(BaseModel):
@@ -110,9 +110,81 @@ class EvalConfig(_Strict):
     batch_size: int = Field(64, gt=0)
 
 
+class DPOSTSFTConfig(_Strict):
+    """SFT in DPO-ST: the warm-up on gold rationales and every round's SFT step (fixed epochs,
+    no early stopping). Defaults: the paper's Flan-T5 values."""
+
+    lr: float = Field(3e-4, gt=0)
+    batch_size: int = Field(96, gt=0)
+    epochs: int = Field(8, gt=0)
+    warmup_epochs: int | None = Field(None, gt=0)  # epochs of the warm-up SFT; None: epochs
+    max_steps: int | None = Field(None, gt=0)  # caps every SFT run's optimizer steps
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)  # lr warm-up (cosine schedule after it)
+    grad_clip: float = Field(1.0, gt=0)
+
+
+class DPOSTDPOConfig(DPOConfig):
+    """The DPO step of DPO-ST (reference: the round's SFT model). Defaults: the paper's Flan-T5
+    values (sigmoid loss, beta 0.1, batch 96, 150 steps, lr 7e-7, no NLL term)."""
+
+    lr: float = Field(7e-7, gt=0)
+    batch_size: int = Field(96, gt=0)
+    max_steps: int | None = Field(150, gt=0)  # None: ``epochs`` passes over the pairs
+    weight_decay: float = Field(0.01, ge=0)
+
+
+class EvalTaskConfig(_Strict):
+    """Another task's split evaluated after every round (e.g. out-of-domain benchmarks)."""
+
+    name: str  # registry name: multiarith, asdiv, svamp, ...
+    label: str | None = None  # column name in tables; None: the task name
+    args: dict[str, Any] = {}  # task constructor arguments (data_dir, style, ...)
+    split: str = "test"
+    n: int | None = Field(None, gt=0)  # first n questions; None: all
+
+
+class DPOSTConfig(_Strict):
+    """DPO-augmented self-training (Wang, Li & Lu, ACL 2024); defaults are the paper's."""
+
+    rounds: int = Field(3, gt=0)
+    # arms trained from the same warm-up besides ``method`` (dpo_st or self_training)
+    baselines: list[Literal["dpo_st", "self_training"]] = []
+    n_questions: int | None = Field(None, gt=0)  # training questions; None: all but the dev set
+    dev_holdout: int = Field(0, ge=0)  # last N train questions held out as split "dev"
+    # a quick run: at most this many training questions and questions per evaluation set
+    limit: int | None = Field(None, gt=0)
+    # DPO step: the round's SFT model samples k rationales per question
+    k: int = Field(5, gt=0)
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(300, gt=0)
+    sampling_batch_size: int = Field(64, gt=0)  # sequences decoded together
+    similarity_threshold: float = Field(0.7, gt=0, le=1)  # token-set Jaccard above it: duplicate
+    pairs_per_question: int = Field(3, gt=0)  # the m least similar chosen x rejected pairs
+    # SFT step: the DPO model (self-training: the SFT model) samples pseudo-labels
+    sft_k: int = Field(3, gt=0)
+    pseudo_label_cap: int | None = Field(None, gt=0)  # per question; None: the percentile below
+    cap_percentile: float = Field(90.0, gt=0, le=100)
+    sft_init: Literal["base", "previous"] = "base"  # next SFT from the base or the last SFT model
+    eval_dpo_model: bool = False  # also evaluate each round's DPO model
+    eval_tasks: list[EvalTaskConfig] = []
+    # evaluate the warm-up and each arm's final model with the calculator switched the other way
+    calculator_ablation: bool = True
+    calculator_ablation_n: int | None = Field(None, gt=0)  # questions per split; None: all
+    sft: DPOSTSFTConfig = DPOSTSFTConfig()
+    dpo: DPOSTDPOConfig = DPOSTDPOConfig()
+
+
+# sections only the SRIT method reads; DPO-ST keeps its own under ``dpo_st``
+_SRIT_ONLY = ("teacher", "sft", "sampling", "pairs", "dpo", "sft_more")
+
+
 class Recipe(_Strict):
     name: str = "srit-arithmetic"
-    method: Literal["srit"] = "srit"
+    # srit: self-refine instruction-tuning; dpo_st: DPO-augmented self-training;
+    # self_training: the same loop without the DPO step (RFT)
+    method: Literal["srit", "dpo_st", "self_training"] = "srit"
     seed: int = 0
     threads: int | None = None  # torch threads; None: torch's default
     # fill in ``<<expr=`` annotations with a safe calculator while decoding (sampling and eval)
@@ -126,6 +198,26 @@ class Recipe(_Strict):
     dpo: DPOConfig = DPOConfig()
     eval: EvalConfig = EvalConfig()
     sft_more: bool = True  # the control: SFT trained on for as many steps as DPO took
+    dpo_st: DPOSTConfig | None = None  # method dpo_st / self_training (defaults when absent)
+
+    @model_validator(mode="after")
+    def _sections_of_method(self) -> Recipe:
+        """``method`` decides which sections a recipe may set."""
+        if self.method == "srit":
+            if self.dpo_st is not None:
+                raise ValueError("key 'dpo_st' is read by methods dpo_st and self_training only")
+            return self
+        if self.dpo_st is None:
+            self.dpo_st = DPOSTConfig()
+        for key in _SRIT_ONLY:
+            if key in self.model_fields_set and getattr(self, key) != type(self).model_fields[
+                key
+            ].get_default(call_default_factory=True):
+                raise ValueError(
+                    f"key '{key}' is read by method srit only; method {self.method} takes its "
+                    f"settings from dpo_st (e.g. dpo_st.sft, dpo_st.dpo, dpo_st.k)"
+                )
+        return self
 
 
 class RecipeError(ValueError):
@@ -167,7 +259,9 @@ def _describe(path: Path, err: ValidationError) -> str:
     lines = [f"{path}: invalid recipe"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
+        if not key:  # a check across sections: its message names the keys
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
+        elif e["type"] == "extra_forbidden":
             lines.append(f"  unknown key '{key}'")
         else:
             lines.append(f"  key '{key}': {e['msg']} (got {e.get('input')!r})")

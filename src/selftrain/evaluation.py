@@ -37,6 +37,7 @@ def evaluate(
     out: str | Path | None = None,
     label: str = "eval",
     calculator: bool = False,
+    stop: str | None = None,
 ) -> dict:
     """Greedy-decode every example and judge it. With ``out`` (a JSONL file), each answer is
     appended as it is made and a rerun only decodes the examples not yet in the file."""
@@ -50,6 +51,7 @@ def evaluate(
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             calculator=calculator,
+            stop=stop,
         )
         items = [(e.id, student.prompt_ids(task.prompt(e))) for e in todo]
         with (

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any
 
 
 def correct_vs_wrong(
@@ -98,3 +100,132 @@ def _unique(texts) -> list[str]:
     for t in texts:
         seen.setdefault(t, None)
     return list(seen)
+
+
+# ---- DPO-ST (Wang, Li & Lu 2024): similarity-deduplicated pools, least-similar pairs --------
+Tokens = Callable[[str], Collection[Any]]
+
+
+def word_tokens(text: str) -> frozenset[str]:
+    """A text's set of words and punctuation marks (the default tokens for similarity)."""
+    return frozenset(re.findall(r"\w+|[^\w\s]", text))
+
+
+def jaccard(a: Collection[Any], b: Collection[Any]) -> float:
+    """Token-set Jaccard similarity |A & B| / |A | B| (1.0 for two empty texts)."""
+    sa, sb = set(a), set(b)
+    union = len(sa | sb)
+    return len(sa & sb) / union if union else 1.0
+
+
+def dedup_similar(
+    texts: Iterable[str], tokens: Tokens = word_tokens, threshold: float = 0.7
+) -> list[str]:
+    """Drop exact duplicates, then every text whose token-set Jaccard similarity with a text
+    kept before it is above ``threshold``; the first of each group is kept, in order."""
+    kept: list[str] = []
+    kept_tokens: list[Collection[Any]] = []
+    for text in _unique(texts):
+        t = tokens(text)
+        if all(jaccard(t, k) <= threshold for k in kept_tokens):
+            kept.append(text)
+            kept_tokens.append(t)
+    return kept
+
+
+def least_similar_pairs(
+    chosen: Sequence[str],
+    rejected: Sequence[str],
+    m: int,
+    tokens: Tokens = word_tokens,
+    rng: random.Random | None = None,
+) -> list[tuple[str, str, float]]:
+    """The ``m`` (chosen, rejected, similarity) pairs of least token-set similarity among all
+    chosen x rejected combinations (ties broken by a shuffle with ``rng``)."""
+    chosen, rejected = list(chosen), list(rejected)
+    if rng is not None:
+        rng.shuffle(chosen)
+        rng.shuffle(rejected)
+    ct = [tokens(c) for c in chosen]
+    rt = [tokens(r) for r in rejected]
+    scored = [
+        (c, r, jaccard(ct[i], rt[j])) for i, c in enumerate(chosen) for j, r in enumerate(rejected)
+    ]
+    scored.sort(key=lambda x: x[2])  # stable: equal scores keep the shuffled order
+    return scored[:m]
+
+
+def dpo_st_pairs(
+    pools: Mapping[str, Sequence[dict]],
+    gold: Mapping[str, str],
+    *,
+    m: int,
+    threshold: float = 0.7,
+    tokens: Tokens = word_tokens,
+    seed: int = 0,
+) -> list[dict]:
+    """DPO-ST's pairs: per question, the chosen pool is the gold rationale plus every correct
+    sampled path (``pools`` maps an id to paths with ``text`` and ``correct``, this round's and
+    earlier rounds'), the rejected pool every wrong one; both deduplicated (exact, then Jaccard
+    above ``threshold``, the gold rationale kept first); a question with no wrong path is
+    skipped; the ``m`` least similar chosen x rejected pairs are kept."""
+    rng = random.Random(seed)
+    out = []
+    for qid in sorted(pools):
+        paths = pools[qid]
+        wrong = sorted({p["text"] for p in paths if not p["correct"]})
+        if not wrong:
+            continue
+        right = sorted({p["text"] for p in paths if p["correct"]})
+        if gold.get(qid):
+            right = [gold[qid], *right]
+        chosen = dedup_similar(right, tokens, threshold)
+        rejected = dedup_similar(wrong, tokens, threshold)
+        if not chosen:
+            continue
+        for c, r, sim in least_similar_pairs(chosen, rejected, m, tokens, rng):
+            out.append(
+                {
+                    "id": qid,
+                    "chosen": c,
+                    "rejected": r,
+                    "similarity": round(sim, 4),
+                    "chosen_from": "gold" if c == gold.get(qid) else "self",
+                }
+            )
+    return out
+
+
+def pseudo_label_pools(
+    correct: Mapping[str, Sequence[str]],
+    gold: Mapping[str, str],
+    *,
+    threshold: float = 0.7,
+    tokens: Tokens = word_tokens,
+    cap: int | None = None,
+    percentile: float = 90.0,
+) -> tuple[dict[str, list[str]], int]:
+    """DPO-ST's SFT data per question: the gold rationale first, then the correct sampled
+    paths (this round's and earlier rounds'), deduplicated as in :func:`dpo_st_pairs` and cut
+    to ``cap`` texts per question (None: the ``percentile`` of the per-question counts, as the
+    paper's code does). Returns the pools and the cap used."""
+    pools: dict[str, list[str]] = {}
+    for qid in sorted(set(correct) | set(gold)):
+        texts = sorted(set(correct.get(qid, ())))
+        if gold.get(qid):
+            texts = [gold[qid], *texts]
+        kept = dedup_similar(texts, tokens, threshold)
+        if kept:
+            pools[qid] = kept
+    if cap is None:
+        counts = sorted(len(v) for v in pools.values())
+        cap = max(1, int(_percentile(counts, percentile))) if counts else 1
+    return {q: v[:cap] for q, v in pools.items()}, cap
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    """numpy's default (linear) percentile of sorted values."""
+    pos = (len(sorted_values) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)

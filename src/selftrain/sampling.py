@@ -7,6 +7,7 @@ rerun can skip prompts already done.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,25 @@ class SamplingParams:
     batch_size: int = 64  # sequences decoded together (prompts per batch = batch_size // k)
     seed: int = 0
     calculator: bool = False  # fill in ``<<expr=`` annotations (see selftrain.calculator)
+    stop: str | None = None  # regex: a row stops once its text matches it at the end
+
+
+class StopHook:
+    """Stops a sequence whose text matches ``pattern`` at its end (checked only after tokens
+    holding a newline or a colon, so the tail is rarely decoded)."""
+
+    def __init__(self, tokenizer: Any, pattern: str):
+        self.tokenizer = tokenizer
+        self.pattern = re.compile(f"(?:{pattern})$", re.IGNORECASE)
+        vocab = tokenizer.get_vocab()
+        self.triggers = {
+            i for i in vocab.values() if any(c in tokenizer.decode([i]) for c in "\n:")
+        }
+
+    def done(self, tokens: list[int]) -> bool:
+        if not tokens or tokens[-1] not in self.triggers:
+            return False
+        return self.pattern.search(self.tokenizer.decode(tokens[-96:])) is not None
 
 
 class CalculatorHook:
@@ -39,9 +59,7 @@ class CalculatorHook:
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
         vocab = tokenizer.get_vocab()
-        self.triggers = {
-            i for i in vocab.values() if tokenizer.decode([i]).endswith("=")
-        }
+        self.triggers = {i for i in vocab.values() if tokenizer.decode([i]).endswith("=")}
 
     def forced(self, tokens: list[int]) -> list[int]:
         """Token ids to force after ``tokens`` (empty when nothing is to be filled in)."""
@@ -85,7 +103,8 @@ def generate(
             ids, mask = _left_pad([p for _, p in batch], student.pad_id, student.device)
             gen = torch.Generator(device="cpu").manual_seed(params.seed * 1_000_003 + b)
             hook = calculator_hook(student.tokenizer) if params.calculator else None
-            new = decode(model, ids, mask, params, student.eos_id, gen, hook)
+            stop = StopHook(student.tokenizer, params.stop) if params.stop else None
+            new = decode(model, ids, mask, params, student.eos_id, gen, hook, stop)
             results = []
             for j, (key, _) in enumerate(batch):
                 seqs = new[j * params.k : (j + 1) * params.k]
@@ -104,6 +123,7 @@ def decode(
     eos_id: int,
     gen: torch.Generator | None = None,
     hook: CalculatorHook | None = None,
+    stop: StopHook | None = None,
 ) -> list[list[int]]:
     """Decode ``params.k`` continuations of each left-padded prompt; return their tokens
     (without EOS), prompt-major: rows ``i*k .. i*k+k-1`` belong to prompt ``i``.
@@ -142,6 +162,9 @@ def decode(
                 continue
             out_row = outputs[rows[j]]
             out_row.append(t)
+            if stop is not None and stop.done(out_row):
+                done[j] = True
+                continue
             if hook is not None and not forced.get(rows[j]):
                 fill = hook.forced(out_row)
                 if fill:

@@ -29,8 +29,10 @@ class RunDir:
         saved = self.path / "recipe.yaml"
         if saved.exists():
             old = yaml.safe_load(saved.read_text(encoding="utf-8"))
-            if old != resolved:
-                diff = sorted(_diff_keys(old, resolved))
+            # a key the saved recipe lacks reads as null: run dirs made before a section (such
+            # as dpo_st) was added to the schema still resume
+            diff = sorted(_diff_keys(old, resolved))
+            if diff:
                 raise RunDirError(
                     f"{self.path} holds a run of a different recipe (keys that differ: "
                     f"{', '.join(diff[:8])}); resume it with the same recipe or use another "

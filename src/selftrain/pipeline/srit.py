@@ -40,6 +40,11 @@ def run(recipe: Recipe, run_dir: str | Path) -> dict:
     torch.manual_seed(recipe.seed)
     task = tasks.get(recipe.task.name, **recipe.task.args)
     splits = _data(rd, task, recipe)
+    if len(splits["train"]) <= recipe.sampling.offset:
+        raise ValueError(
+            f"no training questions to sample: the train split has {len(splits['train'])} "
+            f"and sampling.offset is {recipe.sampling.offset} (recipe key sampling.offset)"
+        )
     student = Student.load(recipe.student)
     log.info(
         "student %s: %.1fM parameters, %.2fM trainable",

@@ -178,6 +178,13 @@ class ArithmeticTask:
     """Seeded, generated multi-step arithmetic word problems with GSM8K-style rationales."""
 
     name = "arithmetic"
+    kind = "number"
+    test_split = "in_domain"
+    stop_regex = r"#### *-?\d+\n"
+
+    def max_new_tokens(self) -> int:
+        """Decoding budget: the longest gold rationale is well under 128 tokens."""
+        return 128
 
     def __init__(
         self,

@@ -141,7 +141,9 @@ class BenchmarkTask:
         choices = example.meta.get("choices")
         if not choices:
             return example.question
-        options = " ".join(f"({lab}) {text}" for lab, text in zip(letters(len(choices)), choices, strict=True))
+        options = " ".join(
+            f"({lab}) {text}" for lab, text in zip(letters(len(choices)), choices, strict=True)
+        )
         return f"{example.question}\nAnswer Choices: {options}"
 
     def instruction(self) -> str:
@@ -210,6 +212,16 @@ class BenchmarkTask:
         log-likelihood scorer whose best continuation is ``i`` predicts ``choice_answers(ex)[i]``
         (letters here; yes/no tasks override with ``["yes", "no"]``)."""
         return letters(len(self.choice_continuations(example)))
+
+    # Decoding stops once the line stating the answer has ended, or when a few-shot model
+    # starts writing the next question (the chat model usually ends with EOS before either).
+    stop_regex: ClassVar[str] = r"(?:answer is|answer:|\\boxed\{)[^\n]*\n|\nQuestion:"
+
+    def max_new_tokens(self) -> int:
+        """A decoding budget that fits this task's answers."""
+        if self.style == "direct":
+            return 32
+        return 512 if self.kind == "math" else 256
 
     def describe(self) -> dict[str, Any]:
         """Name, kind, source and splits (for ``selftrain tasks``)."""

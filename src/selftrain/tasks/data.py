@@ -149,7 +149,9 @@ def read_csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
         raise DataError(f"{path}: cannot read: {exc}") from exc
 
 
-def field(record: dict[str, Any], name: str, where: str, kind: type | tuple[type, ...] = str) -> Any:
+def field(
+    record: dict[str, Any], name: str, where: str, kind: type | tuple[type, ...] = str
+) -> Any:
     """``record[name]`` checked for presence and type; ``where`` is ``"file:line"``.
 
     Dotted names reach into nested objects (``"question.stem"``)."""
@@ -160,9 +162,7 @@ def field(record: dict[str, Any], name: str, where: str, kind: type | tuple[type
         value = value[part]
     if not isinstance(value, kind):
         expected = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-        raise DataError(
-            f"{where}: field {name!r} should be {expected}, got {type(value).__name__}"
-        )
+        raise DataError(f"{where}: field {name!r} should be {expected}, got {type(value).__name__}")
     return value
 
 

@@ -1,0 +1,197 @@
+"""``selftrain eval``: accuracy of one model on many benchmark tasks.
+
+Each task is scored either generatively (the model writes its reasoning and an answer, judged
+by ``task.is_correct``; the same :func:`selftrain.evaluation.evaluate` as the training loop) or,
+for multiple choice and yes/no, by the log-likelihood of each option as evaluation harnesses
+do. Every answer is appended to ``OUT/<task>.jsonl`` as it is made, so a rerun resumes; the
+summary goes to ``OUT/results.json`` and ``OUT/results.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from selftrain import progress
+from selftrain.evaluation import evaluate, wilson_interval
+from selftrain.io import JsonlWriter, read_jsonl, write_json_atomic, write_text_atomic
+from selftrain.models import Student
+from selftrain.tasks.base import Example
+from selftrain.tasks.benchmark import BenchmarkTask
+from selftrain.training.loop import collate, token_logps
+
+__all__ = ["evaluate_loglik", "markdown_table", "run_eval", "task_family"]
+
+SCORING = ("generate", "loglik", "auto")
+
+
+def task_family(name: str) -> str:
+    """``mmlu:stem`` -> ``mmlu``; used to tell in-domain from out-of-domain tasks."""
+    return name.partition(":")[0]
+
+
+@torch.no_grad()
+def evaluate_loglik(
+    student: Student,
+    task: BenchmarkTask,
+    examples: Sequence[Example],
+    *,
+    batch_size: int = 32,
+    out: str | Path | None = None,
+    label: str = "eval",
+) -> dict:
+    """Pick the option whose text is most likely after the question (cloze style: the
+    options are not listed), with log-probabilities divided by the option's length in
+    characters (``acc_norm`` of evaluation harnesses; the raw sum is recorded too)."""
+    done = {r["id"]: r for r in read_jsonl(out)} if out else {}
+    todo = [e for e in examples if e.id not in done]
+    was_training = student.model.training
+    student.model.eval()
+    try:
+        with (
+            JsonlWriter(out) if out else contextlib.nullcontext() as writer,
+            progress.bar(label, len(todo)) as bar,
+        ):
+            per_batch = max(1, batch_size // 4)
+            for start in range(0, len(todo), per_batch):
+                chunk = todo[start : start + per_batch]
+                seqs, owners = [], []
+                for e in chunk:
+                    context = student.prompt_ids(e.question)
+                    for i, text in enumerate(task.choice_continuations(e)):
+                        seqs.append((context, student.completion_ids(text.strip(), eos=False)))
+                        owners.append((e.id, i, len(text.strip())))
+                logps: list[float] = []
+                for b in range(0, len(seqs), batch_size):
+                    ids, mask, labels = collate(seqs[b : b + batch_size], student.pad_id, "cpu")
+                    lp, _ = token_logps(student, ids.to(student.device), mask, labels)
+                    logps.extend(lp.tolist())
+                records = []
+                for e in chunk:
+                    scores = [
+                        (logps[j], logps[j] / max(1, n))
+                        for j, (qid, _, n) in enumerate(owners)
+                        if qid == e.id
+                    ]
+                    answers = task.choice_answers(e)
+                    best = max(range(len(scores)), key=lambda i: scores[i][1])
+                    raw = max(range(len(scores)), key=lambda i: scores[i][0])
+                    records.append(
+                        {
+                            "id": e.id,
+                            "logp": [round(s[0], 4) for s in scores],
+                            "extracted": answers[best],
+                            "gold": e.answer,
+                            "correct": answers[best] == e.answer,
+                            "correct_unnormalised": answers[raw] == e.answer,
+                        }
+                    )
+                done.update((r["id"], r) for r in records)
+                if writer is not None:
+                    writer.write_many(records)
+                bar.advance(len(chunk))
+    finally:
+        student.model.train(was_training)
+    rows = [done[e.id] for e in examples]
+    correct = sum(r["correct"] for r in rows)
+    lo, hi = wilson_interval(correct, len(rows))
+    return {
+        "accuracy": round(correct / max(1, len(rows)), 4),
+        "n": len(rows),
+        "ci95": [round(lo, 4), round(hi, 4)],
+        "accuracy_unnormalised": round(
+            sum(r["correct_unnormalised"] for r in rows) / max(1, len(rows)), 4
+        ),
+    }
+
+
+def run_eval(
+    student: Student,
+    tasks: Sequence[BenchmarkTask],
+    out_dir: Path,
+    *,
+    limit: int | None = None,
+    split: str | None = None,
+    scoring: str = "generate",
+    batch_size: int = 64,
+    max_new_tokens: int | None = None,
+    calculator: bool = False,
+    train_task: str | None = None,
+    model_name: str = "",
+) -> dict[str, Any]:
+    """Evaluate ``student`` on every task; write and return the results."""
+    if scoring not in SCORING:
+        raise ValueError(f"scoring must be one of {', '.join(SCORING)}, not {scoring!r}")
+    results: dict[str, Any] = {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for task in tasks:
+        examples = task.load(split, limit)
+        mode = scoring
+        if mode == "auto":
+            mode = "loglik" if task.kind in ("choice", "yesno") else "generate"
+        if mode == "loglik" and task.kind not in ("choice", "yesno"):
+            raise ValueError(
+                f"task {task.name} has free-form answers; log-likelihood scoring needs options"
+            )
+        name = task.name.replace(":", "_")
+        out = out_dir / f"{name}.{mode}.jsonl"
+        start = time.monotonic()
+        if mode == "loglik":
+            res = evaluate_loglik(
+                student, task, examples, batch_size=batch_size, out=out, label=task.name
+            )
+        else:
+            res = evaluate(
+                student,
+                task,
+                examples,
+                max_new_tokens=max_new_tokens or task.max_new_tokens(),
+                batch_size=batch_size,
+                out=out,
+                label=task.name,
+                calculator=calculator,
+                stop=task.stop_regex,
+            )
+        res["scoring"] = mode
+        res["split"] = split or task.test_split
+        res["seconds"] = round(time.monotonic() - start, 1)
+        if train_task:
+            same = task_family(task.name) == task_family(train_task)
+            res["domain"] = "in_domain" if same else "out_of_domain"
+        results[task.name] = res
+    summary: dict[str, Any] = {"model": model_name, "tasks": results}
+    if train_task:
+        for domain in ("in_domain", "out_of_domain"):
+            accs = [r["accuracy"] for r in results.values() if r.get("domain") == domain]
+            if accs:
+                summary[domain] = {"mean_accuracy": round(sum(accs) / len(accs), 4)}
+    write_json_atomic(out_dir / "results.json", summary)
+    write_text_atomic(out_dir / "results.md", markdown_table(summary))
+    return summary
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    """The results as a Markdown table (grouped by domain when a train task was given)."""
+    lines = [
+        f"# Evaluation of {summary.get('model') or 'the model'}",
+        "",
+        "| task | domain | scoring | split | n | accuracy | 95% CI | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows = sorted(summary["tasks"].items(), key=lambda kv: (kv[1].get("domain", ""), kv[0]))
+    for name, r in rows:
+        lo, hi = r["ci95"]
+        lines.append(
+            f"| {name} | {r.get('domain', '-')} | {r['scoring']} | {r['split']} | {r['n']} "
+            f"| {100 * r['accuracy']:.1f} | {100 * lo:.1f}-{100 * hi:.1f} | {r['seconds']} |"
+        )
+    for domain in ("in_domain", "out_of_domain"):
+        if domain in summary:
+            acc = summary[domain]["mean_accuracy"]
+            lines.append(f"| mean | {domain} | | | | {100 * acc:.1f} | | |")
+    return "\n".join(lines) + "\n"

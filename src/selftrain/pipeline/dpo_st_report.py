@@ -1,0 +1,159 @@
+"""DPO-ST's results by round: the Markdown tables, the report and the accuracy plot, all read
+from metrics.json's content (so they can be rebuilt from any run directory)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from selftrain.config import Recipe
+
+ARM_NAMES = {"dpo_st": "DPO-ST", "self_training": "self-training"}
+
+
+def _pct(r: Any) -> str:
+    return f"{100 * r['accuracy']:.1f}" if isinstance(r, dict) and "accuracy" in r else "-"
+
+
+def rounds_of(metrics: dict, arm: str) -> list[tuple[int, dict]]:
+    """(round, that round's metrics) of an arm, in order."""
+    rounds = metrics.get(arm, {}).get("rounds", {}) if isinstance(metrics.get(arm), dict) else {}
+    return sorted(((int(r), v) for r, v in rounds.items()), key=lambda x: x[0])
+
+
+def curve(metrics: dict, arm: str, label: str) -> list[tuple[int, float]]:
+    """(round, accuracy) of an arm on one evaluation set, round 0 being the warm-up."""
+    points = []
+    warm = metrics.get("warmup", {}).get("eval", {}).get(label)
+    if warm:
+        points.append((0, warm["accuracy"]))
+    for r, m in rounds_of(metrics, arm):
+        if label in m.get("eval", {}):
+            points.append((r, m["eval"][label]["accuracy"]))
+    return points
+
+
+def round_table(metrics: dict, arms: Sequence[str], labels: Sequence[str]) -> str:
+    """Markdown table: one row per arm and round (the warm-up first), accuracy (%) per
+    evaluation set, the samplers' pass@k, pairs and pseudo-labels kept."""
+    head = [
+        "arm",
+        "round",
+        *labels,
+        "pass@k DPO step",
+        "pass@k SFT step",
+        "pairs",
+        "pseudo-labels",
+        "SFT examples",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    warm = metrics.get("warmup", {})
+    cells = [
+        "warm-up",
+        "0",
+        *(_pct(warm.get("eval", {}).get(x)) for x in labels),
+        "-",
+        "-",
+        "-",
+        "-",
+        str(warm.get("training", {}).get("examples", "-")),
+    ]
+    lines.append("| " + " | ".join(cells) + " |")
+    for arm in arms:
+        for r, m in rounds_of(metrics, arm):
+
+            def pk(key: str, m: dict = m) -> str:
+                s = m.get(key)
+                return f"{100 * s['pass@k']:.1f} (k={s['k']})" if s else "-"
+
+            cells = [
+                ARM_NAMES.get(arm, arm),
+                str(r),
+                *(_pct(m.get("eval", {}).get(x)) for x in labels),
+                pk("dpo_samples"),
+                pk("sft_samples"),
+                str(m.get("pairs", {}).get("pairs", "-")),
+                str(m.get("pseudo_labels", {}).get("pseudo_labels", "-")),
+                str(m.get("pseudo_labels", {}).get("examples", "-")),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def calculator_table(metrics: dict, labels: Sequence[str]) -> str:
+    """Markdown table: each model's accuracy (%) with and without the calculator."""
+    calc = metrics.get("calculator", {})
+    if not calc:
+        return ""
+    head = ["model", *(f"{x} with / without" for x in labels)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model, per in calc.items():
+        cells = [model]
+        for x in labels:
+            v = per.get(x)
+            cells.append(
+                f"{100 * v['with']:.1f} / {100 * v['without']:.1f} (n={v['n']})" if v else "-"
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def report_markdown(
+    metrics: dict, recipe: Recipe, arms: Sequence[str], labels: Sequence[str]
+) -> str:
+    """The run's report: the settings that matter, the table by round, the calculator's effect,
+    the stage timings."""
+    cfg = recipe.dpo_st
+    assert cfg is not None
+    parts = [
+        f"# {recipe.name}: DPO-augmented self-training\n",
+        f"Student `{recipe.student.model}` on task `{recipe.task.name}`; arms: "
+        f"{', '.join(ARM_NAMES.get(a, a) for a in arms)} from one warm-up SFT; {cfg.rounds} "
+        f"rounds. DPO step: k={cfg.k} samples/question at T={cfg.temperature}, Jaccard "
+        f"threshold {cfg.similarity_threshold}, {cfg.pairs_per_question} least-similar pairs "
+        f"per question, {cfg.dpo.loss} loss, beta {cfg.dpo.beta}, NLL weight "
+        f"{cfg.dpo.nll_weight}. SFT step: {cfg.sft_k} samples/question, next SFT from the "
+        f"{cfg.sft_init} model. Calculator while decoding: {recipe.calculator}.\n",
+        "## Accuracy (%, greedy) by round\n",
+        "Round 0 is the shared warm-up. pass@k: share of training questions with at least one "
+        "correct sampled path.\n",
+        round_table(metrics, arms, labels),
+        "![accuracy by round](accuracy_by_round.png)\n",
+    ]
+    calc = calculator_table(metrics, labels)
+    if calc:
+        parts += ["## The calculator's effect (accuracy %, same model and questions)\n", calc]
+    secs = metrics.get("stage_seconds", {})
+    if secs:
+        parts.append(f"Total stage time: {sum(secs.values()) / 60:.1f} min.\n")
+    return "\n".join(parts)
+
+
+def plot_accuracy(
+    metrics: dict, arms: Sequence[str], labels: Sequence[str], path: str | Path
+) -> None:
+    """accuracy_by_round.png: one panel per evaluation set, one line per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    n = max(1, len(labels))
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.2), squeeze=False)
+    for ax, label in zip(axes[0], labels, strict=False):
+        for arm in arms:
+            pts = curve(metrics, arm, label)
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, [100 * y for y in ys], marker="o", label=ARM_NAMES.get(arm, arm))
+        ax.set_title(label)
+        ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

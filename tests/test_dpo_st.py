@@ -1,0 +1,335 @@
+"""DPO-ST and its self-training baseline: pools, pairs and caps; the loop end to end on a tiny
+model; resume mid-round; report and plot; recipe validation."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from selftrain.config import Recipe, RecipeError, load_recipe
+from selftrain.io import read_jsonl
+from selftrain.pipeline import dpo_st
+from selftrain.preference import (
+    dedup_similar,
+    dpo_st_pairs,
+    jaccard,
+    least_similar_pairs,
+    pseudo_label_pools,
+    word_tokens,
+)
+
+# ---- similarity, dedup, pairs, caps -------------------------------------------------------------
+
+
+def test_jaccard_of_token_sets():
+    assert jaccard({1, 2, 3}, {2, 3, 4}) == pytest.approx(2 / 4)
+    assert jaccard(word_tokens("a b c"), word_tokens("c b a a")) == 1.0
+    assert jaccard(set(), set()) == 1.0
+
+
+def test_dedup_drops_exact_then_similar_keeping_the_first():
+    a = "x = 1 + 2 = 3 so the answer is 3"
+    near = a + " ."  # one extra token: Jaccard 10/11 > 0.7
+    far = "we add one and two to get 3"
+    assert dedup_similar([a, a, near, far]) == [a, far]
+    # the threshold is strict "above": identical sets at threshold 1.0 are still duplicates only
+    # when exact
+    assert dedup_similar([a, near], threshold=1.0) == [a, near]
+
+
+def test_least_similar_pairs_are_the_m_lowest():
+    tok = str.split
+    chosen = ["a b c d", "a b x y"]
+    rejected = ["a b c e", "p q r s"]
+    got = least_similar_pairs(chosen, rejected, 2, tok, random.Random(0))
+    sims = sorted(jaccard(tok(c), tok(r)) for c in chosen for r in rejected)
+    assert [round(s, 4) for _, _, s in got] == [round(s, 4) for s in sims[:2]]
+    assert all(r == "p q r s" for _, r, _ in got)  # the dissimilar rejected path pairs first
+
+
+def test_pairs_pool_gold_and_earlier_rounds_and_skip_questions_without_a_wrong_path():
+    gold = {"q1": "gold one", "q2": "gold two"}
+    pools = {
+        # q1: round 1 had a wrong path; round 2 only right ones: still paired (pooled)
+        "q1": [
+            {"text": "wrong path r1", "correct": False},
+            {"text": "right path r2 alpha", "correct": True},
+        ],
+        "q2": [{"text": "only right", "correct": True}],  # no wrong path: skipped
+    }
+    pairs = dpo_st_pairs(pools, gold, m=3, threshold=0.7)
+    assert {p["id"] for p in pairs} == {"q1"}
+    assert {p["chosen"] for p in pairs} == {"gold one", "right path r2 alpha"}
+    assert all(p["rejected"] == "wrong path r1" for p in pairs)
+    assert any(p["chosen_from"] == "gold" for p in pairs)
+    # m caps the pairs per question
+    assert len(dpo_st_pairs(pools, gold, m=1)) == 1
+
+
+def test_pairs_dedup_each_pool_before_pairing():
+    gold = {"q": "g h i j k"}
+    wrong = [{"text": "a b c d e f", "correct": False}, {"text": "a b c d e f g", "correct": False}]
+    pairs = dpo_st_pairs({"q": wrong}, gold, m=5)
+    assert len(pairs) == 1  # the second wrong path is a near-duplicate (6/7 > 0.7)
+
+
+def test_pseudo_labels_gold_first_dedup_and_percentile_cap():
+    gold = {f"q{i}": f"gold {i}" for i in range(10)}
+    correct = {"q0": ["p one x", "p two y z", "p three w v u", "p one x"]}
+    pools, cap = pseudo_label_pools(correct, gold, tokens=str.split, cap=None, percentile=90)
+    # counts: q0 has 4 (gold + 3 distinct), the others 1 -> 90th percentile is 1 + 0.1 * 3
+    assert cap == 1
+    assert pools["q0"] == ["gold 0"]
+    pools, cap = pseudo_label_pools(correct, gold, tokens=str.split, cap=3)
+    assert cap == 3 and pools["q0"][0] == "gold 0" and len(pools["q0"]) == 3
+    assert all(pools[f"q{i}"] == [f"gold {i}"] for i in range(1, 10))
+    pools, cap = pseudo_label_pools(correct, gold, tokens=str.split, percentile=100)
+    assert cap == 4 and len(pools["q0"]) == 4
+
+
+# ---- the loop on a tiny model -------------------------------------------------------------------
+
+
+def _recipe(tiny_dir, **dpo_st_keys) -> Recipe:
+    data = {
+        "name": "dpo-st-tiny",
+        "method": "dpo_st",
+        "student": {"model": str(tiny_dir), "lora": {"enabled": True, "r": 4}},
+        "task": {"name": "arithmetic", "args": {"n_train": 8, "n_validation": 2, "n_test": 4}},
+        "eval": {"splits": ["in_domain", "out_of_domain"], "n": 3, "max_new_tokens": 8},
+        "dpo_st": {
+            "rounds": 2,
+            "baselines": ["self_training"],
+            "n_questions": 6,
+            "k": 2,
+            "sft_k": 2,
+            "max_new_tokens": 8,
+            "sampling_batch_size": 4,
+            "sft": {"batch_size": 4, "epochs": 1},
+            "dpo": {"batch_size": 4, "max_steps": 2, "lr": 1e-4},
+            **dpo_st_keys,
+        },
+    }
+    return Recipe.model_validate(data)
+
+
+def _with_correct_paths(real):
+    """Wrap generate so the first path of each question answers correctly in its own words
+    (a random tiny model is never right), so pseudo-labels and self-chosen paths exist."""
+
+    def gen(student, items, params):
+        for batch in real(student, items, params):
+            out = []
+            for qid, texts, lengths in batch:
+                answer = _ANSWERS[qid]
+                texts = [f"Adding it all up gives {answer}.\n#### {answer}", *texts[1:]]
+                out.append((qid, texts, lengths))
+            yield out
+
+    return gen
+
+
+_ANSWERS: dict[str, str] = {}
+
+
+@pytest.fixture
+def answers(tmp_path):
+    from selftrain import tasks
+
+    task = tasks.get("arithmetic", n_train=8, n_validation=2, n_test=4)
+    _ANSWERS.update({e.id: e.answer for e in task.load("train")})
+    return _ANSWERS
+
+
+def test_two_rounds_of_both_arms_end_to_end(tiny_dir, tmp_path, monkeypatch, answers):
+    monkeypatch.setattr(dpo_st, "generate", _with_correct_paths(dpo_st.generate))
+    run = tmp_path / "run"
+    metrics = dpo_st.run(_recipe(tiny_dir), run)
+    state = json.loads((run / "state.json").read_text())
+    for arm in ["dpo_st", "self_training"]:
+        for r in [1, 2]:
+            assert f"{arm}.r{r}.sft" in state["done"] and f"{arm}.r{r}.eval" in state["done"]
+            m = metrics[arm]["rounds"][str(r)]
+            for split in ["in_domain", "out_of_domain"]:
+                assert m["eval"][split]["n"] == 3
+            assert m["sft_samples"]["pass@k"] == 1.0  # the wrapped first path is right
+            assert m["pseudo_labels"]["pseudo_labels"] > 0
+            assert (run / arm / f"r{r}" / "sft" / "model" / "adapter_model.safetensors").exists()
+    assert "dpo_st.r1.dpo" in state["done"] and "self_training.r1.dpo" not in state["done"]
+    assert not (run / "self_training" / "r1" / "dpo_samples.jsonl").exists()
+    # round 2's pairs pool round 1's samples too, and each question gets at most m pairs
+    r2 = metrics["dpo_st"]["rounds"]["2"]
+    assert r2["pairs"]["pairs"] > 0 and r2["dpo_training"]["steps"] == 2
+    pairs = read_jsonl(run / "dpo_st" / "r2" / "pairs.jsonl")
+    r1_texts = {x["text"] for x in read_jsonl(run / "dpo_st" / "r1" / "dpo_samples.jsonl")}
+    r2_texts = {x["text"] for x in read_jsonl(run / "dpo_st" / "r2" / "dpo_samples.jsonl")}
+    assert {p["rejected"] for p in pairs} <= r1_texts | r2_texts
+    assert max(sum(p["id"] == q for p in pairs) for q in {p["id"] for p in pairs}) <= 3
+    # the SFT data hold the gold rationale of every training question plus pseudo-labels
+    sft_data = read_jsonl(run / "dpo_st" / "r2" / "sft_data.jsonl")
+    assert sum(x["gold"] for x in sft_data) == 6
+    # one warm-up, shared
+    assert [s for s in state["done"] if s.startswith("warmup")] == ["warmup.sft", "warmup.eval"]
+    # the calculator's effect: warm-up and each arm's final model, both ways
+    calc = metrics["calculator"]
+    assert set(calc) == {"warmup", "dpo_st.r2", "self_training.r2"}
+    assert set(calc["warmup"]["in_domain"]) == {"with", "without", "n"}
+    # report and plot
+    report = (run / "report.md").read_text()
+    assert "| DPO-ST | 2 |" in report and "| self-training | 2 |" in report
+    acc = metrics["dpo_st"]["rounds"]["2"]["eval"]["in_domain"]["accuracy"]
+    assert f"{100 * acc:.1f}" in report
+    assert "with / without" in report
+    png = run / "accuracy_by_round.png"
+    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+
+
+def test_resume_mid_round_continues_at_that_stage(tiny_dir, tmp_path, monkeypatch, answers):
+    recipe = _recipe(tiny_dir, rounds=2, baselines=[], calculator_ablation=False)
+    run = tmp_path / "run"
+    real_generate = _with_correct_paths(dpo_st.generate)
+    calls = {"n": 0}
+
+    def die_in_r2_sft_samples(student, items, params):
+        # DPO-step samples have k=2 and SFT-step samples k=2 too: count the sampling stages
+        calls["n"] += 1
+        it = real_generate(student, items, params)
+        if calls["n"] == 4:  # r1 dpo, r1 sft, r2 dpo, then r2 sft: die after a batch
+            yield next(it)
+            raise KeyboardInterrupt
+        yield from it
+
+    monkeypatch.setattr(dpo_st, "generate", die_in_r2_sft_samples)
+    with pytest.raises(KeyboardInterrupt):
+        dpo_st.run(recipe, run)
+    state = json.loads((run / "state.json").read_text())
+    assert "dpo_st.r2.dpo" in state["done"] and "dpo_st.r2.sft_samples" not in state["done"]
+    partial = read_jsonl(run / "dpo_st" / "r2" / "sft_samples.jsonl")
+    assert 0 < len(partial) < 12
+    mtimes = {
+        p: p.stat().st_mtime_ns
+        for p in [
+            run / "warmup" / "model" / "adapter_model.safetensors",
+            run / "dpo_st" / "r1" / "sft" / "model" / "adapter_model.safetensors",
+            run / "dpo_st" / "r2" / "dpo" / "model" / "adapter_model.safetensors",
+            run / "dpo_st" / "r2" / "dpo_samples.jsonl",
+            run / "dpo_st" / "r1" / "sft_data.jsonl",
+        ]
+    }
+    seconds = dict(state["seconds"])
+
+    trained, sampled = [], []
+    real_sft = dpo_st.train_sft
+
+    def count_sft(*a, **k):
+        trained.append(k["label"])
+        return real_sft(*a, **k)
+
+    def count_gen(student, items, params):
+        sampled.append(len(items))
+        return real_generate(student, items, params)
+
+    def no_dpo(*a, **k):
+        raise AssertionError("DPO ran again")
+
+    monkeypatch.setattr(dpo_st, "generate", count_gen)
+    monkeypatch.setattr(dpo_st, "train_sft", count_sft)
+    monkeypatch.setattr(dpo_st, "train_dpo", no_dpo)
+    metrics = dpo_st.run(recipe, run)
+    assert trained == ["dpo_st.r2 sft"]  # only the stage after the kill
+    assert len(sampled) == 1 and sampled[0] == 6 - len(partial) // 2  # the questions left
+    for p, t in mtimes.items():
+        assert p.stat().st_mtime_ns == t, p
+    samples = read_jsonl(run / "dpo_st" / "r2" / "sft_samples.jsonl")
+    assert samples[: len(partial)] == partial and len(samples) == 12
+    state = json.loads((run / "state.json").read_text())
+    for stage, secs in seconds.items():
+        if stage != "dpo_st.r2.sft_samples":  # the interrupted stage adds up its attempts
+            assert state["seconds"][stage] == secs, stage
+    assert metrics["dpo_st"]["rounds"]["2"]["eval"]["in_domain"]["n"] == 3
+
+    # a third run recomputes nothing
+    monkeypatch.setattr(dpo_st, "train_sft", lambda *a, **k: pytest.fail("sft ran again"))
+    monkeypatch.setattr(dpo_st, "generate", lambda *a, **k: pytest.fail("sampled again"))
+    assert dpo_st.run(recipe, run)["dpo_st"] == metrics["dpo_st"]
+
+
+def test_self_training_method_has_no_dpo_step_and_continue_variant(tiny_dir, tmp_path):
+    recipe = _recipe(
+        tiny_dir, rounds=1, baselines=[], sft_init="previous", calculator_ablation=False
+    )
+    recipe = recipe.model_copy(update={"method": "self_training"})
+    run = tmp_path / "run"
+    metrics = dpo_st.run(recipe, run)
+    assert set(metrics["self_training"]["rounds"]["1"]) >= {"sft_samples", "eval", "sft_training"}
+    assert metrics["self_training"]["rounds"]["1"]["sft_training"]["from"] == "previous"
+    assert "dpo_st" not in metrics
+    assert not any(
+        s.startswith("dpo_st.") for s in json.loads((run / "state.json").read_text())["done"]
+    )
+
+
+def test_cli_runs_dpo_st_recipe(tiny_dir, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from selftrain.cli import app
+
+    recipe = _recipe(tiny_dir, rounds=1, baselines=[], calculator_ablation=False)
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))  # a dump reloads as is
+    out = CliRunner().invoke(app, ["run", str(path), "--run-dir", str(tmp_path / "run")])
+    assert out.exit_code == 0, out.output
+    assert "DPO-ST" in out.output and (tmp_path / "run" / "report.md").exists()
+
+
+# ---- recipes ------------------------------------------------------------------------------------
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("method: dpo_st\ndpo_st: {rounds: 2, bogus: 1}\n", "dpo_st.bogus"),
+        ("method: dpo_st\ndpo_st: {dpo: {loss: hinge}}\n", "dpo_st.dpo.loss"),
+        ("method: dpo_st\ndpo_st: {similarity_threshold: 1.5}\n", "dpo_st.similarity_threshold"),
+        ("method: dpo_st\ndpo_st: {sft: {lrr: 1}}\n", "dpo_st.sft.lrr"),
+        ("method: dpo_st\ndpo_st: {sft_init: scratch}\n", "dpo_st.sft_init"),
+        ("method: dpo_st\ndpo_st: {baselines: [rft]}\n", "dpo_st.baselines.0"),
+        ("method: dpo_st\nsft: {lr: 0.1}\n", "'sft' is read by method srit only"),
+        ("method: srit\ndpo_st: {rounds: 1}\n", "'dpo_st' is read by methods"),
+    ],
+)
+def test_bad_dpo_st_keys_are_named(tmp_path, text, key):
+    path = _write(tmp_path, text)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path)
+    assert key in str(e.value) and str(path) in str(e.value)
+
+
+def test_dpo_st_defaults_are_the_papers(tmp_path):
+    r = load_recipe(_write(tmp_path, "method: dpo_st\n"))
+    c = r.dpo_st
+    assert (c.rounds, c.k, c.temperature, c.max_new_tokens) == (3, 5, 0.7, 300)
+    assert (c.similarity_threshold, c.pairs_per_question, c.sft_k) == (0.7, 3, 3)
+    assert (c.cap_percentile, c.sft_init) == (90.0, "base")
+    assert (c.dpo.loss, c.dpo.beta, c.dpo.nll_weight, c.dpo.lr) == ("sigmoid", 0.1, 0.0, 7e-7)
+    assert (c.dpo.batch_size, c.dpo.max_steps, c.sft.lr, c.sft.epochs) == (96, 150, 3e-4, 8)
+    assert load_recipe().dpo_st is None  # the SRIT default recipe is unchanged
+
+
+@pytest.mark.parametrize("name", ["dpo_st.yaml", "dpo_st_gsm8k.yaml"])
+def test_shipped_dpo_st_recipes_load(name):
+    from selftrain.config import default_recipe_path
+
+    r = load_recipe(default_recipe_path().parent / name)
+    assert r.method == "dpo_st" and r.dpo_st is not None
+    assert "self_training" in r.dpo_st.baselines
