@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from selftrain import tasks
-from selftrain.bench import evaluate_loglik, markdown_table, run_eval
+from selftrain.bench import evaluate_loglik, markdown_table, run_eval, spread
 from selftrain.cli import app
 from selftrain.io import read_jsonl
 from selftrain.tasks.data import DataError, data_dir
@@ -40,10 +40,18 @@ def test_run_eval_writes_results_grouped_by_domain_and_resumes(make_student, roo
     md = (tmp_path / "results.md").read_text()
     assert "| gsm8k | in_domain | generate | test | 3 |" in md
     rows = read_jsonl(tmp_path / "gsm8k.generate.jsonl")
-    assert sorted(r["id"] for r in rows) == sorted(e.id for e in built[0].load(None, 3))
-    # A rerun with a larger limit decodes only the new questions.
-    run_eval(student, built[:1], tmp_path, limit=4, max_new_tokens=6)
-    assert len(read_jsonl(tmp_path / "gsm8k.generate.jsonl")) == 4
+    assert sorted(r["id"] for r in rows) == sorted(e.id for e in spread(built[0].load(), 3))
+    # A rerun decodes nothing it has already decoded.
+    before = (tmp_path / "gsm8k.generate.jsonl").read_text()
+    run_eval(student, built[:1], tmp_path, limit=3, max_new_tokens=6)
+    assert (tmp_path / "gsm8k.generate.jsonl").read_text() == before
+
+
+def test_spread_takes_evenly_spaced_examples(root):
+    mmlu = tasks.get("mmlu", data_dir=root)
+    picked = spread(mmlu.load(), 57)
+    assert len({e.meta["subject"] for e in picked}) > 40
+    assert spread(picked, None) == picked and spread(picked, 100) == picked
 
 
 def test_loglik_picks_the_option_with_the_highest_normalised_logprob(make_student, root):
@@ -123,3 +131,24 @@ def test_cli_eval_and_tasks(tiny_dir, root, tmp_path):
     assert missing.exit_code == 1 and "svamp/SVAMP.json" in missing.output
     listed = runner.invoke(app, ["tasks", "--data-dir", str(root)])
     assert listed.exit_code == 0 and "gsm8k" in listed.output and "7,473" in listed.output
+
+
+def test_cli_eval_applies_a_run_checkpoint(make_student, tiny_dir, tmp_path):
+    trained = make_student(lora=True)
+    with torch.no_grad():
+        for name, p in trained.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)
+    trained.save(tmp_path / "run" / "sft" / "model")
+    plain = make_student()
+    before = plain.model.model.layers[0].self_attn.q_proj.weight.clone()
+    plain.apply_checkpoint(tmp_path / "run" / "sft")
+    after = plain.model.model.layers[0].self_attn.q_proj.weight
+    assert not torch.equal(before, after)  # the adapter was merged in
+    ids = torch.tensor([plain.prompt_ids("2+2?")])
+    with torch.no_grad():
+        want = trained.model(input_ids=ids).logits
+        got = plain.model(input_ids=ids).logits
+    assert torch.allclose(want, got, atol=1e-4)
+    with pytest.raises(Exception, match="no adapter_config.json"):
+        plain.apply_checkpoint(tmp_path)

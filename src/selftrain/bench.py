@@ -25,9 +25,17 @@ from selftrain.tasks.base import Example
 from selftrain.tasks.benchmark import BenchmarkTask
 from selftrain.training.loop import collate, token_logps
 
-__all__ = ["evaluate_loglik", "markdown_table", "run_eval", "task_family"]
+__all__ = ["evaluate_loglik", "markdown_table", "run_eval", "spread", "task_family"]
 
 SCORING = ("generate", "loglik", "auto")
+
+
+def spread(examples: list[Example], limit: int | None) -> list[Example]:
+    """``limit`` examples evenly spaced over the split (all when ``limit`` is None): the first
+    N of MMLU would all be one subject, the first N of MATH mostly one level."""
+    if limit is None or limit >= len(examples):
+        return examples
+    return [examples[i * len(examples) // limit] for i in range(limit)]
 
 
 def task_family(name: str) -> str:
@@ -130,7 +138,7 @@ def run_eval(
     results: dict[str, Any] = {}
     out_dir.mkdir(parents=True, exist_ok=True)
     for task in tasks:
-        examples = task.load(split, limit)
+        examples = spread(task.load(split), limit)
         mode = scoring
         if mode == "auto":
             mode = "loglik" if task.kind in ("choice", "yesno") else "generate"

@@ -91,9 +91,12 @@ def eval_(
     ] = "smollm2-135m-instruct",
     gguf_file: Annotated[str | None, typer.Option(help="GGUF file name inside --model")] = None,
     adapter: Annotated[
-        Path | None, typer.Option(help="trained weights to load (a run's checkpoint folder)")
+        Path | None,
+        typer.Option(help="a run's checkpoint on top of --model (runs/NAME/sft, .../dpo)"),
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="first N questions of each task")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="N questions of each task, evenly spread over the split")
+    ] = None,
     split: Annotated[str | None, typer.Option(help="split (default: each task's test)")] = None,
     data_dir: Annotated[
         Path | None, typer.Option(help="benchmark data folder (or $SELFTRAIN_DATA_DIR)")
@@ -135,8 +138,8 @@ def eval_(
         )
         student = Student.load(cfg)
         if adapter is not None:
-            student.load_weights(adapter)
-        label = Path(model).name + (f"+{adapter.name}" if adapter else "")
+            student.apply_checkpoint(adapter)
+        label = Path(model).name + (f"+{adapter.parent.name}-{adapter.name}" if adapter else "")
         folder = out or Path("evals") / label
         summary = run_eval(
             student,

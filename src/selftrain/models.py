@@ -281,6 +281,27 @@ class Student:
             )
         self.model.tie_weights()
 
+    def apply_checkpoint(self, directory: str | Path) -> None:
+        """Load a run's checkpoint into this (LoRA-less) student for evaluation: a PEFT
+        adapter folder is merged into the weights, a full model folder replaces them."""
+        directory = Path(directory)
+        if (directory / "model").is_dir() and not (directory / "adapter_config.json").exists():
+            directory = directory / "model"  # a run's stage folder: runs/x/sft -> runs/x/sft/model
+        if (directory / "adapter_config.json").is_file():
+            from peft import PeftModel
+
+            if self.lora:
+                raise ModelLoadError("apply_checkpoint merges adapters into a LoRA-less student")
+            self.model = PeftModel.from_pretrained(self.model, directory).merge_and_unload()
+            return
+        if (directory / "model.safetensors").is_file():
+            self.load_weights(directory)
+            return
+        raise ModelLoadError(
+            f"{directory}: no adapter_config.json or model.safetensors (expected a checkpoint "
+            "folder written by selftrain run, e.g. runs/NAME/sft/model)"
+        )
+
     def inference_model(self) -> nn.Module:
         """A plain copy of the current model for decoding: LoRA adapters folded into the
         weights and unloaded (no adapter matmuls or wrapper calls per step), in bf16 when
