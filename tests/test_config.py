@@ -41,7 +41,8 @@ def test_default_recipe_loads():
     assert r.student.model == "smollm2-135m-instruct"
     assert r.student.lora.r == 16
     assert r.pairs.policy == "correct_vs_wrong"
-    assert r.eval.splits == ["in_domain", "out_of_domain", "longer"]
+    assert r.eval.splits == ["in_domain", "out_of_domain"]
+    assert r.calculator and r.sampling.offset == r.teacher.n_questions
 
 
 def test_default_recipe_values_match_yaml():

@@ -215,7 +215,9 @@ class BenchmarkTask:
 
     # Decoding stops once the line stating the answer has ended, or when a few-shot model
     # starts writing the next question (the chat model usually ends with EOS before either).
-    stop_regex: ClassVar[str] = r"(?:answer is|answer:|\\boxed\{)[^\n]*\n|\nQuestion:"
+    # The marker must be followed by something on its line: "The answer is:" then a newline
+    # is not the end (the answer comes on the next line).
+    stop_regex: ClassVar[str] = r"(?:answer is|answer:|\\boxed\{)[^\n]*[\w)}][^\n]*\n|\nQuestion:"
 
     def max_new_tokens(self) -> int:
         """A decoding budget that fits this task's answers."""
