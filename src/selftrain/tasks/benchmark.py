@@ -112,6 +112,10 @@ class BenchmarkTask:
         """One hub row as an Example (subclasses with a hub source override)."""
         raise NotImplementedError
 
+    def hub_where(self, split: str, index: int) -> str:
+        """Where a hub row came from, for error messages."""
+        return f"{self.hub_name} ({self.hub_splits.get(split, split)} split) row {index}"
+
     def sizes(self) -> dict[str, int]:
         """Number of examples in each split."""
         return {split: len(self.load(split)) for split in self.splits()}

@@ -49,10 +49,6 @@ __all__ = [
 ]
 
 
-def _hub_where(task: BenchmarkTask, split: str, index: int) -> str:
-    return f"{task.hub_name} ({task.hub_splits.get(split, split)} split) row {index}"
-
-
 def _gold_index(value: str, labels: Sequence[str], where: str, name: str) -> int:
     """Position of the gold label ``value`` among ``labels``, or a DataError naming ``name``."""
     key = value.strip()
@@ -147,7 +143,7 @@ class AQuA(ChoiceTask):
         ]
 
     def parse_hub(self, row: dict[str, Any], split: str, index: int) -> Example:
-        return self._parse(row, f"{self.name}/{split}/{index}", _hub_where(self, split, index))
+        return self._parse(row, f"{self.name}/{split}/{index}", self.hub_where(split, index))
 
     def _parse(self, record: dict[str, Any], example_id: str, where: str) -> Example:
         options = field(record, "options", where, list)
@@ -220,7 +216,7 @@ class CommonsenseQA(ChoiceTask):
         return examples
 
     def parse_hub(self, row: dict[str, Any], split: str, index: int) -> Example:
-        where = _hub_where(self, split, index)
+        where = self.hub_where(split, index)
         labels, texts = _hub_labeled_choices(row, where)
         gold = _gold_index(field(row, "answerKey", where), labels, where, "answerKey")
         return _choice_example(
@@ -311,7 +307,7 @@ class OpenBookQA(AdaptersChoiceTask):
     n_options: ClassVar[int] = 4
 
     def parse_hub(self, row: dict[str, Any], split: str, index: int) -> Example:
-        where = _hub_where(self, split, index)
+        where = self.hub_where(split, index)
         labels, texts = _hub_labeled_choices(row, where)
         gold = _gold_index(field(row, "answerKey", where), labels, where, "answerKey")
         return _choice_example(
@@ -331,7 +327,7 @@ class SocialIQA(AdaptersChoiceTask):
     n_options: ClassVar[int] = 3
 
     def parse_hub(self, row: dict[str, Any], split: str, index: int) -> Example:
-        where = _hub_where(self, split, index)
+        where = self.hub_where(split, index)
         question = f"{field(row, 'context', where).strip()} {field(row, 'question', where).strip()}"
         texts = [field(row, f"answer{label}", where) for label in "ABC"]
         gold = _gold_index(
@@ -357,7 +353,7 @@ class ArcChallenge(AdaptersChoiceTask):
 
     def parse_hub(self, row: dict[str, Any], split: str, index: int) -> Example:
         # Labels are "A".."E" or, for some questions, "1".."5"; either way we re-letter by position.
-        where = _hub_where(self, split, index)
+        where = self.hub_where(split, index)
         labels, texts = _hub_labeled_choices(row, where)
         gold = _gold_index(field(row, "answerKey", where), labels, where, "answerKey")
         return _choice_example(
@@ -406,7 +402,7 @@ class PIQA(ChoiceTask):
         return examples
 
     def parse_hub(self, row: dict[str, Any], split: str, index: int) -> Example:
-        where = _hub_where(self, split, index)
+        where = self.hub_where(split, index)
         label = field(row, "label", where, (int, str))
         if str(label).strip() not in ("0", "1"):
             raise DataError(f"{where}: field 'label' should be 0 or 1, got {label!r}")
@@ -476,7 +472,7 @@ class StrategyQA(BenchmarkTask):
         return marked[0].lower()
 
     def parse_hub(self, row: dict[str, Any], split: str, index: int) -> Example:
-        where = _hub_where(self, split, index)
+        where = self.hub_where(split, index)
         value = field(row, "answer", where, (bool, str))
         if isinstance(value, str):
             if value.strip().lower() not in ("yes", "no", "true", "false"):
@@ -656,7 +652,7 @@ class MMLU(ChoiceTask):
         return examples
 
     def parse_hub(self, row: dict[str, Any], split: str, index: int) -> Example:
-        where = _hub_where(self, split, index)
+        where = self.hub_where(split, index)
         choices = field(row, "choices", where, list)
         answer = field(row, "answer", where, (int, str))
         labels = letters(len(choices))

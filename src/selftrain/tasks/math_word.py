@@ -87,11 +87,6 @@ class NumberTask(BenchmarkTask):
         """The local file of ``split`` (a DataError saying where it is expected if missing)."""
         return require_file(self.root, self.files[split])
 
-    def hub_where(self, split: str, index: int) -> str:
-        """Where a hub row came from, for error messages."""
-        config = f" ({self.hub_config})" if self.hub_config else ""
-        return f"hub dataset {self.hub_name}{config} split {split!r} row {index}"
-
     def extract(self, completion: str) -> str | None:
         """The final number in ``completion``, canonical, or None."""
         return extract_number(completion, ratios=self.ratios)
@@ -147,17 +142,12 @@ class GSM8KTask(NumberTask):
 # -- MultiArith, AddSub, SingleEq (Zero-shot-CoT copies; hub: ChilleD, Lila) -----------------
 
 
-@register("multiarith")
-class MultiArithTask(NumberTask):
-    """MultiArith: multi-step arithmetic (``sQuestion``, ``lSolutions``)."""
-
-    name: ClassVar[str] = "multiarith"
-    files: ClassVar[dict[str, str]] = {"test": "multiarith/MultiArith.json"}
-    hub_name: ClassVar[str | None] = "ChilleD/MultiArith"
-    hub_splits: ClassVar[dict[str, str]] = {"train": "train", "test": "test"}
+class _ZeroShotCoTTask(NumberTask):
+    """MultiArith, AddSub, SingleEq: the Zero-shot-CoT repo's files (``iIndex``,
+    ``sQuestion``, ``lEquations``, ``lSolutions``)."""
 
     def read_split(self, split: str) -> list[Example]:
-        """All problems of ``MultiArith.json``."""
+        """All problems of the file."""
         path = self.path(split)
         examples = []
         for index, record in read_json_array(path):
@@ -171,6 +161,16 @@ class MultiArithTask(NumberTask):
                 )
             )
         return examples
+
+
+@register("multiarith")
+class MultiArithTask(_ZeroShotCoTTask):
+    """MultiArith: multi-step arithmetic (``sQuestion``, ``lSolutions``)."""
+
+    name: ClassVar[str] = "multiarith"
+    files: ClassVar[dict[str, str]] = {"test": "multiarith/MultiArith.json"}
+    hub_name: ClassVar[str | None] = "ChilleD/MultiArith"
+    hub_splits: ClassVar[dict[str, str]] = {"train": "train", "test": "test"}
 
     def parse_hub(self, row: dict[str, Any], split: str, index: int) -> Example:
         """A row of ChilleD/MultiArith (``question``, ``final_ans``: a number as a string)."""
@@ -182,7 +182,7 @@ class MultiArithTask(NumberTask):
         )
 
 
-class _LilaTask(NumberTask):
+class _LilaTask(_ZeroShotCoTTask):
     """AddSub / SingleEq: local Zero-shot-CoT files, hub copies from allenai/lila."""
 
     hub_name: ClassVar[str | None] = "allenai/lila"
@@ -191,22 +191,6 @@ class _LilaTask(NumberTask):
         "validation": "validation",
         "test": "test",
     }
-
-    def read_split(self, split: str) -> list[Example]:
-        """All problems of the file (``iIndex``, ``sQuestion``, ``lSolutions``)."""
-        path = self.path(split)
-        examples = []
-        for index, record in read_json_array(path):
-            where = f"{path}: record {index}"
-            examples.append(
-                Example(
-                    id=f"{self.name}/{field(record, 'iIndex', where, int)}",
-                    question=field(record, "sQuestion", where).strip(),
-                    answer=_single_solution(record, where),
-                    meta={"equations": field(record, "lEquations", where, list)},
-                )
-            )
-        return examples
 
     def parse_hub(self, row: dict[str, Any], split: str, index: int) -> Example:
         """A row of allenai/lila (``input``: the question, ``output_answer``: the number)."""
