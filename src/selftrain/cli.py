@@ -48,6 +48,7 @@ def run(
     from selftrain.models import ModelLoadError
     from selftrain.pipeline import dpo_st, srit
     from selftrain.pipeline.rundir import RunDirError
+    from selftrain.teachers import TeacherError
 
     try:
         r = load_recipe(recipe, _overrides(set_ or []))
@@ -57,7 +58,7 @@ def run(
     try:
         pipeline = srit if r.method == "srit" else dpo_st  # dpo_st, self_training
         pipeline.run(r, run_dir or Path("runs") / r.name)
-    except (ModelLoadError, RunDirError, ValueError) as e:
+    except (ModelLoadError, RunDirError, TeacherError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
 
@@ -190,6 +191,169 @@ def tasks_(
             text = f"[red]{e}[/red]"
         table.add_row(name, getattr(task, "kind", "number"), text)
     Console().print(table)
+
+
+@app.command()
+def demos(
+    task: Annotated[str, typer.Option(help="task name: arithmetic, gsm8k, mmlu:stem, ...")],
+    teacher: Annotated[str, typer.Option(help="api, hf, gold or solver")] = "api",
+    model: Annotated[
+        str | None, typer.Option(help="api: the served model's name; hf: a student spec")
+    ] = None,
+    base_url: Annotated[
+        str, typer.Option(help="api: everything before /chat/completions")
+    ] = "https://api.openai.com/v1",
+    api_key_env: Annotated[
+        str, typer.Option(help="api: the environment variable holding the key (optional)")
+    ] = "OPENAI_API_KEY",
+    split: Annotated[str, typer.Option(help="the task's split")] = "train",
+    limit: Annotated[int | None, typer.Option(help="the first L questions of the split")] = None,
+    n_per_question: Annotated[int, typer.Option(help="demonstrations per question")] = 1,
+    temperature: Annotated[float, typer.Option(help="0: greedy")] = 0.0,
+    max_tokens: Annotated[int, typer.Option(help="tokens per demonstration, at most")] = 512,
+    concurrency: Annotated[int, typer.Option(help="api: requests in flight")] = 8,
+    timeout_s: Annotated[float, typer.Option(help="api: seconds per request")] = 120.0,
+    max_retries: Annotated[int, typer.Option(help="api: retries per request")] = 6,
+    seed: Annotated[int | None, typer.Option(help="api: sample i is sent with seed+i")] = None,
+    system_prompt: Annotated[str | None, typer.Option(help="a system message")] = None,
+    family: Annotated[
+        str | None, typer.Option(help="a label for reports: in-family, out-family")
+    ] = None,
+    price_input: Annotated[
+        float | None, typer.Option(help="US$ per million prompt tokens (for the cost)")
+    ] = None,
+    price_output: Annotated[
+        float | None, typer.Option(help="US$ per million completion tokens")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="demos JSONL (default: demos/TASK.SPLIT.jsonl)")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="benchmark data folder (or $SELFTRAIN_DATA_DIR)")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="answer cache (default: $SELFTRAIN_CACHE_DIR, ~/.cache/selftrain)"),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Teacher demonstrations for a task's questions, each verified against the ground truth.
+
+    Rerunning the same command (same --out) resumes: answered questions are skipped, cached
+    answers cost nothing, and requests that failed are asked again."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from pydantic import ValidationError
+    from rich.console import Console
+
+    from selftrain.config import TeacherConfig
+    from selftrain.io import read_jsonl
+    from selftrain.progress import setup_logging
+    from selftrain.tasks.data import DataError
+    from selftrain.teachers import TeacherError, build_teacher, prices_of, run_demos, summarize
+
+    setup_logging()
+    try:
+        cfg = TeacherConfig(
+            kind=teacher,
+            model=model,
+            base_url=base_url,
+            api_key_env=api_key_env or None,
+            n_per_question=n_per_question,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            concurrency=concurrency,
+            timeout_s=timeout_s,
+            max_retries=max_retries,
+            seed=seed,
+            system_prompt=system_prompt,
+            family=family,
+            price_per_million_input=price_input,
+            price_per_million_output=price_output,
+            cache_dir=str(cache_dir) if cache_dir else None,
+        )
+    except ValidationError as e:
+        msgs = "; ".join(
+            f"{'.'.join(map(str, x['loc'])) or 'teacher'}: {x['msg']}" for x in e.errors()
+        )
+        typer.echo(f"error: {msgs}", err=True)
+        raise typer.Exit(2) from None
+    out = out or Path("demos") / f"{task.replace(':', '_')}.{split}.jsonl"
+    errors: tuple[type[Exception], ...] = (DataError, TeacherError, ValueError, KeyError)
+    if cfg.kind == "hf":  # torch is imported only for a local model
+        from selftrain.models import ModelLoadError
+
+        errors = (*errors, ModelLoadError)
+    try:
+        built = _build_tasks([task], data_dir, "cot", 4)[0]
+        examples = built.load(split, limit)
+        source = build_teacher(cfg, built)
+        stats = run_demos(
+            source,
+            built,
+            examples,
+            out,
+            n_per_question=cfg.n_per_question,
+            system_prompt=cfg.system_prompt,
+            cache_dir=cfg.cache_dir,
+            prices=prices_of(cfg),
+            progress=progress,
+        )
+    except errors as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    console = Console()
+    if not console.is_terminal:  # a log or a pipe: no need to squeeze the table into 80 columns
+        console = Console(width=max(console.width, 132))
+    console.print(_demos_table(summarize(read_jsonl(out)), out))
+    run = stats["run"]
+    errors = ", ".join(f"{k} {v}" for k, v in sorted(run["errors"].items())) or "none"
+    paid = f", paid now ${run['cost_paid']:.4f}" if run["cost_paid"] is not None else ""
+    typer.echo(
+        f"this run ({source.identity}): {run['to_do']} to do, {run['from_cache']} from the cache, "
+        f"{run['asked']} asked, {run['requests']} HTTP requests, {run['retries']} retries "
+        f"(errors: {errors}), {run['seconds']:.1f}s{paid}"
+    )
+    if stats["failed"]:
+        typer.echo(
+            f"error: {stats['failed']} requests failed after their retries (recorded in {out}); "
+            "run the same command again to ask for them",
+            err=True,
+        )
+        raise typer.Exit(1)
+
+
+def _demos_table(stats: list[dict], out: Path):
+    from rich.table import Table
+
+    table = Table(
+        "teacher",
+        "family",
+        "questions",
+        "demos",
+        "kept",
+        "kept %",
+        "q. with kept",
+        "tokens in",
+        "tokens out",
+        "cost $",
+        "failed",
+        title=str(out),
+    )
+    for s in stats:
+        table.add_row(
+            s["teacher"],
+            s["family"] or "-",
+            str(s["questions"]),
+            str(s["demos"]),
+            str(s["kept"]),
+            f"{100 * s['kept_fraction']:.1f}",
+            str(s["questions_with_kept"]),
+            f"{s['prompt_tokens']:,}",
+            f"{s['completion_tokens']:,}",
+            "-" if s["cost"] is None else f"{s['cost']:.4f}",
+            str(s["failed"]),
+        )
+    return table
 
 
 @app.command()

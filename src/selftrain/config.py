@@ -45,9 +45,41 @@ class TaskConfig(_Strict):
 
 
 class TeacherConfig(_Strict):
-    # "solver": the generated task's own solver; "gold": the dataset's gold rationales.
-    kind: Literal["solver", "gold"] = "solver"
+    """Who writes the demonstrations (selftrain.teachers). ``solver``: the generated task's own
+    solver; ``gold``: the dataset's gold rationales; ``api``: any OpenAI-compatible
+    chat-completions server (OpenAI, vLLM, llama.cpp, Ollama); ``hf``: a local transformers
+    model. The API key is never part of a recipe: only the name of the variable holding it."""
+
+    kind: Literal["solver", "gold", "api", "hf"] = "solver"
     n_questions: int = Field(400, gt=0)  # training questions that get a demonstration
+    # demonstrations requested per question (api, hf); each kept one is an SFT example
+    n_per_question: int = Field(1, gt=0)
+    temperature: float = Field(0.0, ge=0)  # 0: greedy
+    top_p: float | None = Field(None, gt=0, le=1)  # None: the server's default
+    max_tokens: int | None = Field(512, gt=0)  # api: None sends no limit
+    seed: int | None = None  # api: sample i of a question is sent with seed + i
+    system_prompt: str | None = None  # system message before the task's zero-shot-CoT prompt
+    family: str | None = None  # a label stored with every demonstration: in-family, out-family
+    model: str | None = None  # api: the served model's name; hf: a student spec (see student)
+    base_url: str = "https://api.openai.com/v1"  # api: everything before /chat/completions
+    api_key_env: str | None = "OPENAI_API_KEY"  # api: the variable holding the key (optional)
+    concurrency: int = Field(8, gt=0)  # api: requests in flight at once
+    timeout_s: float = Field(120.0, gt=0)  # api: per request
+    max_retries: int = Field(6, ge=0)  # api: retries after timeouts, dropped connections, 429, 5xx
+    backoff_base_s: float = Field(1.0, ge=0)  # api: full-jitter exponential backoff
+    backoff_max_s: float = Field(60.0, ge=0)
+    extra_body: dict[str, Any] = {}  # api: more request fields (part of the cache key)
+    price_per_million_input: float | None = Field(None, ge=0)  # api: for the cost statistic
+    price_per_million_output: float | None = Field(None, ge=0)
+    # api: the answer cache; None: $SELFTRAIN_CACHE_DIR or ~/.cache/selftrain/teacher
+    cache_dir: str | None = None
+    batch_size: int = Field(32, gt=0)  # hf: sequences decoded together
+
+    @model_validator(mode="after")
+    def _model_for_kind(self) -> TeacherConfig:
+        if self.kind in ("api", "hf") and not self.model:
+            raise ValueError(f"teacher.kind {self.kind} needs teacher.model")
+        return self
 
 
 class SFTConfig(_Strict):
@@ -151,6 +183,10 @@ class DPOSTConfig(_Strict):
     # arms trained from the same warm-up besides ``method`` (dpo_st or self_training)
     baselines: list[Literal["dpo_st", "self_training"]] = []
     n_questions: int | None = Field(None, gt=0)  # training questions; None: all but the dev set
+    # the first N training questions keep their gold rationale (warm-up data, gold in every
+    # pool); the rest are answer-only, learned from self-samples alone (self-training's
+    # semi-supervised setting). None: every question has its gold rationale (the paper)
+    gold_questions: int | None = Field(None, gt=0)
     dev_holdout: int = Field(0, ge=0)  # last N train questions held out as split "dev"
     # a quick run: at most this many training questions and questions per evaluation set
     limit: int | None = Field(None, gt=0)
@@ -174,6 +210,15 @@ class DPOSTConfig(_Strict):
     calculator_ablation_n: int | None = Field(None, gt=0)  # questions per split; None: all
     sft: DPOSTSFTConfig = DPOSTSFTConfig()
     dpo: DPOSTDPOConfig = DPOSTDPOConfig()
+
+    @model_validator(mode="after")
+    def _gold_within_questions(self) -> DPOSTConfig:
+        if self.gold_questions and self.n_questions and self.gold_questions > self.n_questions:
+            raise ValueError(
+                f"dpo_st.gold_questions ({self.gold_questions}) is more than dpo_st.n_questions "
+                f"({self.n_questions})"
+            )
+        return self
 
 
 # sections only the SRIT method reads; DPO-ST keeps its own under ``dpo_st``

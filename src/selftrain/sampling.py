@@ -7,6 +7,8 @@ rerun can skip prompts already done.
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -30,6 +32,9 @@ class SamplingParams:
     seed: int = 0
     calculator: bool = False  # fill in ``<<expr=`` annotations (see selftrain.calculator)
     stop: str | None = None  # regex: a row stops once its text matches it at the end
+    # "builtin": the decoding loop below; "vllm": vLLM on a GPU (see vllm_generate);
+    # None: $SELFTRAIN_SAMPLER if set, else builtin
+    engine: str | None = None
 
 
 class StopHook:
@@ -92,6 +97,12 @@ def generate(
     ``(key, prompt_ids)`` item."""
     if not items:
         return
+    engine = params.engine or os.environ.get("SELFTRAIN_SAMPLER", "builtin")
+    if engine == "vllm":
+        yield from vllm_generate(student, items, params)
+        return
+    if engine != "builtin":
+        raise ValueError(f"unknown sampling engine '{engine}' (builtin, vllm)")
     was_training = student.model.training
     student.model.eval()
     model = student.inference_model()
@@ -114,6 +125,126 @@ def generate(
         student.model.train(was_training)
 
 
+def vllm_available() -> bool:
+    """Whether vLLM is installed and a CUDA device is there for it."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+
+
+def vllm_generate(
+    student: Student,
+    items: Sequence[tuple[Any, list[int]]],
+    params: SamplingParams,
+) -> Iterator[list[tuple[Any, list[str], list[int]]]]:
+    """:func:`generate` on vLLM (GPU machines with ``vllm`` installed): the same prompts as
+    token ids, k samples each, the same temperature / top-p / budget / EOS; yields one batch
+    holding every item.
+
+    The student's current weights (LoRA folded in) are written to a temporary folder that
+    vLLM loads, so each call starts an engine: worth it for hundreds of prompts, not for a
+    few. The calculator works in rounds: a request stops after any token that can open a
+    result (``=``), the hook's forced tokens are appended and the sequence is submitted again
+    (vLLM's prefix cache keeps the resubmitted prefix cheap). A stop pattern is applied to
+    the finished text (the row is cut where the built-in loop would have stopped it).
+
+    NOT TESTED in this repository's CI or on its CPU machines (no GPU, no vllm): written to
+    vLLM's documented ``LLM.generate`` / ``SamplingParams`` / ``TokensPrompt`` API."""
+    import tempfile
+
+    if not vllm_available():
+        raise RuntimeError("the vllm sampler needs `pip install vllm` and a CUDA GPU")
+    from vllm import LLM
+
+    hook = calculator_hook(student.tokenizer) if params.calculator else None
+    stop = StopHook(student.tokenizer, params.stop) if params.stop else None
+    k = 1 if params.greedy else params.k
+    with tempfile.TemporaryDirectory() as folder:
+        model = student.inference_model()
+        model.save_pretrained(folder)
+        student.tokenizer.save_pretrained(folder)
+        dtype = "bfloat16" if next(model.parameters()).dtype == torch.bfloat16 else "auto"
+        llm = LLM(model=folder, dtype=dtype, seed=params.seed, enable_prefix_caching=True)
+        try:
+            outputs = _vllm_rounds(llm, items, params, k, hook, student.eos_id)
+        finally:
+            del llm
+            torch.cuda.empty_cache()
+    results = []
+    for i, (key, _) in enumerate(items):
+        seqs = [_cut_at_stop(outputs[(i, j)], stop) for j in range(k)]
+        if params.greedy and params.k > 1:
+            seqs = seqs * params.k
+        results.append((key, [student.decode(s) for s in seqs], [len(s) for s in seqs]))
+    yield results
+
+
+def _vllm_rounds(llm, items, params: SamplingParams, k: int, hook, eos_id: int) -> dict:
+    """Token ids of sample j of item i, ``{(i, j): tokens}`` (EOS left out), generated in
+    rounds that stop after a calculator trigger (see :func:`vllm_generate`)."""
+    from vllm import SamplingParams as VParams
+    from vllm.inputs import TokensPrompt
+
+    def vparams(n: int, budget: int, seed: int):
+        return VParams(
+            n=n,
+            temperature=0.0 if params.greedy else params.temperature,
+            top_p=1.0 if params.greedy else params.top_p,
+            max_tokens=budget,
+            seed=None if params.greedy else seed,
+            stop_token_ids=sorted({eos_id, *(hook.triggers if hook else ())}),
+            skip_special_tokens=False,
+        )
+
+    outputs: dict[tuple[int, int], list[int]] = {
+        (i, j): [] for i in range(len(items)) for j in range(k)
+    }
+    # round 0: one request per prompt with n = k; later rounds: one per unfinished sample
+    requests: list[tuple[int, int | None]] = [(i, None) for i in range(len(items))]
+    for round_ in range(params.max_new_tokens + 1):
+        if not requests:
+            break
+        prompts, sps = [], []
+        for i, j in requests:
+            so_far = [] if j is None else outputs[(i, j)]
+            seed = params.seed * 1_000_003 + round_ * 10_007 + i * 101 + (j or 0)
+            prompts.append(TokensPrompt(prompt_token_ids=items[i][1] + so_far))
+            sps.append(vparams(k if j is None else 1, params.max_new_tokens - len(so_far), seed))
+        nxt = []
+        for (i, j), res in zip(requests, llm.generate(prompts, sps, use_tqdm=False), strict=True):
+            for c, comp in enumerate(res.outputs):
+                key = (i, c if j is None else j)
+                tokens = outputs[key]
+                new = list(comp.token_ids)
+                trigger = hook is not None and comp.stop_reason in hook.triggers
+                if trigger and (not new or new[-1] != comp.stop_reason):
+                    new.append(comp.stop_reason)  # the stop token, where vLLM leaves it out
+                # EOS: in the ids, or named as the stop reason, or a plain "stop" (model's EOS)
+                ended = eos_id in new or comp.stop_reason == eos_id
+                ended |= comp.finish_reason == "stop" and comp.stop_reason is None
+                if eos_id in new:
+                    new = new[: new.index(eos_id)]
+                tokens.extend(new)
+                del tokens[params.max_new_tokens :]
+                if ended or not trigger or len(tokens) >= params.max_new_tokens:
+                    continue
+                tokens.extend(hook.forced(tokens)[: params.max_new_tokens - len(tokens)])
+                if len(tokens) < params.max_new_tokens:
+                    nxt.append(key)
+        requests = nxt
+    return outputs
+
+
+def _cut_at_stop(tokens: list[int], stop: StopHook | None) -> list[int]:
+    """``tokens`` up to where the stop pattern first matches at the end (all if never)."""
+    if stop is None:
+        return tokens
+    for n in range(1, len(tokens) + 1):
+        if stop.done(tokens[:n]):
+            return tokens[:n]
+    return tokens
+
+
 @torch.no_grad()
 def decode(
     model: torch.nn.Module,
@@ -128,22 +259,27 @@ def decode(
     """Decode ``params.k`` continuations of each left-padded prompt; return their tokens
     (without EOS), prompt-major: rows ``i*k .. i*k+k-1`` belong to prompt ``i``.
 
-    Hand-written rather than ``model.generate`` because it is about twice as fast here: one
-    prefill is shared by the k samples of a prompt (the cache is repeated after it), only the
-    last position's logits are computed, and rows that have finished are dropped from the
-    batch (and its KV cache) instead of being decoded on as padding.
+    Hand-written rather than ``model.generate`` because it is several times faster here
+    (benchmarks/sampling.py): one prefill is shared by the k samples of a prompt (the cache is
+    repeated after it), only the last position's logits are computed, the KV cache and the
+    attention mask are preallocated for the whole decode (written in place, never
+    concatenated), sampling draws one uniform number per row (inverse CDF) instead of one
+    exponential per vocabulary entry, and rows that have finished are dropped from the batch
+    (and its KV cache) instead of being decoded on as padding.
     """
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=getattr(model, "config", None))
+    width = ids.shape[1] + params.max_new_tokens
+    cache = _preallocated_cache(model, width)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = _prefill(model, ids, mask, pos, cache)
+    logits = _last_logits(model, ids, mask, pos, cache)
     last = pos[:, -1:]
     if params.k > 1:
         cache.batch_repeat_interleave(params.k)
         logits = logits.repeat_interleave(params.k, 0)
         mask = mask.repeat_interleave(params.k, 0)
         last = last.repeat_interleave(params.k, 0)
+    # the attention mask of the whole decode: the prompt's, then ones; step t reads a prefix
+    n_cached = mask.shape[1]
+    mask = torch.cat([mask, mask.new_ones((mask.shape[0], params.max_new_tokens))], dim=1)
     rows = list(range(logits.shape[0]))  # output row of each batch row
     done = [False] * len(rows)
     outputs: list[list[int]] = [[] for _ in rows]
@@ -179,39 +315,130 @@ def decode(
             mask, last, nxt = mask[keep], last[keep], nxt[keep]
             rows = [rows[j] for j in live]
             done = [False] * len(rows)
-        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        n_cached += 1
         last = last + 1
-        out = model(
-            input_ids=nxt[:, None],
-            attention_mask=mask,
-            position_ids=last,
-            past_key_values=cache,
-            use_cache=True,
-        )
-        logits = out.logits[:, -1].float()
+        logits = _last_logits(model, nxt[:, None], mask[:, :n_cached], last, cache)
     return outputs
 
 
-def _prefill(model, ids, mask, pos, cache) -> torch.Tensor:
-    """Run the prompts through the model and return the last position's logits (fp32).
+def _preallocated_cache(model: torch.nn.Module, width: int):
+    """A transformers ``DynamicCache`` whose full-attention layers are
+    :func:`preallocated_layer_class` layers sized for ``width`` positions (other layer kinds,
+    e.g. sliding-window ones, are kept as they are)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    layer = preallocated_layer_class()
+    cache = DynamicCache(config=getattr(model, "config", None))
+    if cache.layers:
+        cache.layers = [layer(width) if type(x) is DynamicLayer else x for x in cache.layers]
+    else:  # no config: layers are made as the model first calls them
+        cache.layer_class_to_replicate = functools.partial(layer, width)
+    return cache
+
+
+@functools.cache
+def preallocated_layer_class() -> type:
+    """The class of a KV cache layer that writes each step's keys and values into buffers
+    allocated once for the whole decode and hands attention a view of the filled part.
+
+    transformers' ``DynamicLayer`` concatenates the whole cache at every step of every layer
+    instead (measured: a quarter of a sampling run on SmolLM2-135M, 2 CPU cores). Made on first
+    use so importing this module does not import transformers."""
+    from transformers.cache_utils import DynamicLayer
+
+    class PreallocatedLayer(DynamicLayer):
+        def __init__(self, width: int):
+            super().__init__()
+            self.width = width
+            self.length = 0
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            n = key_states.shape[-2]
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+                self._kbuf = _empty_like_width(key_states, max(self.width, n))
+                self._vbuf = _empty_like_width(value_states, max(self.width, n))
+            elif self.length + n > self._kbuf.shape[-2]:  # past the planned width: double
+                self._kbuf = self._copy(self._kbuf, None, 2 * (self.length + n))
+                self._vbuf = self._copy(self._vbuf, None, 2 * (self.length + n))
+            self._kbuf[:, :, self.length : self.length + n] = key_states
+            self._vbuf[:, :, self.length : self.length + n] = value_states
+            self.length += n
+            self._set_views()
+            return self.keys, self.values
+
+        def _copy(self, buf: torch.Tensor, rows: torch.Tensor | None, width: int):
+            """A new buffer of ``width`` positions holding the filled part of ``buf``
+            (only ``rows`` of it, when given)."""
+            filled = buf[:, :, : self.length]
+            if rows is not None:
+                filled = filled.index_select(0, rows)
+            out = _empty_like_width(filled, width)
+            out[:, :, : self.length] = filled
+            return out
+
+        def _set_views(self) -> None:
+            self.keys = self._kbuf[:, :, : self.length]
+            self.values = self._vbuf[:, :, : self.length]
+
+        def _select_rows(self, rows: torch.Tensor) -> None:
+            if self.is_initialized and self.length:
+                rows = rows.to(self._kbuf.device)
+                self._kbuf = self._copy(self._kbuf, rows, self._kbuf.shape[-2])
+                self._vbuf = self._copy(self._vbuf, rows, self._vbuf.shape[-2])
+                self._set_views()
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            if self.is_initialized:
+                rows = torch.arange(self._kbuf.shape[0]).repeat_interleave(repeats)
+                self._select_rows(rows)
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            self._select_rows(indices)
+
+        def reset(self) -> None:
+            super().reset()
+            self.length = 0
+
+        def crop(self, tokens_to_remove: int) -> None:
+            raise NotImplementedError("a preallocated decode cache is never cropped")
+
+    return PreallocatedLayer
+
+
+def _empty_like_width(like: torch.Tensor, width: int) -> torch.Tensor:
+    """An uninitialised ``[batch, heads, width, head_dim]`` tensor shaped after ``like``."""
+    b, h, _, d = like.shape
+    return like.new_empty((b, h, width, d))
+
+
+def _last_logits(model, ids, mask, pos, cache) -> torch.Tensor:
+    """Run ``ids`` (the prompts, or one new token per row) through the model with the cache
+    and return the last position's logits (fp32).
 
     Where the output layer is a plain linear map, it is applied here to the contiguous last
     hidden states: transformers' ``logits_to_keep=1`` slices a non-contiguous ``[B, 1, H]``
     view, which torch's CPU matmul multiplies by expanding the ``[H, vocab]`` weight to
     ``[B, H, vocab]`` (a 7 GB copy for SmolLM2 at batch 128; measured: half the time of a
-    whole evaluation went there).
+    whole evaluation went there). It is computed as ``W @ h^T`` (the same sums), which torch's
+    CPU matmul runs ~20% faster than ``h @ W^T`` for a vocabulary-wide ``W``.
     """
+    head = model.get_output_embeddings() if hasattr(model, "get_decoder") else None
     config = getattr(model, "config", None)
-    plain_head = (
-        hasattr(model, "get_decoder")
+    kwargs = {"attention_mask": mask, "position_ids": pos, "past_key_values": cache}
+    if (
+        isinstance(head, torch.nn.Linear)
         and getattr(config, "final_logit_softcapping", None) is None
         and getattr(config, "logit_scale", None) is None
-        and model.get_output_embeddings() is not None
-    )
-    kwargs = {"attention_mask": mask, "position_ids": pos, "past_key_values": cache}
-    if plain_head:
+    ):
         hidden = model.get_decoder()(input_ids=ids, use_cache=True, **kwargs).last_hidden_state
-        return model.get_output_embeddings()(hidden[:, -1].contiguous()).float()
+        by_vocab = torch.mm(head.weight, hidden[:, -1].t())  # [vocab, B]
+        logits = torch.empty(by_vocab.shape[::-1], dtype=torch.float32, device=by_vocab.device)
+        logits.copy_(by_vocab.t())  # transposed and made fp32 in one copy
+        if head.bias is not None:
+            logits += head.bias
+        return logits
     out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **kwargs)
     return out.logits[:, -1].float()
 
@@ -219,17 +446,60 @@ def _prefill(model, ids, mask, pos, cache) -> torch.Tensor:
 def _pick(
     logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None
 ) -> torch.Tensor:
+    """The next token of each row: argmax, or a draw from softmax(logits / temperature)
+    restricted to the top-p nucleus.
+
+    A draw inverts the cumulative distribution at one uniform number per row
+    (:func:`_draw`), where ``torch.multinomial`` draws an exponential variate for every
+    vocabulary entry (49k per row for SmolLM2; measured: 10% of a sampling run). The top-p
+    nucleus is looked for among the 256 most likely tokens; only rows whose nucleus is larger
+    are sorted in full."""
     if params.greedy:
         return logits.argmax(-1)
-    logits = logits / params.temperature
-    if params.top_p < 1.0:
-        sorted_logits, order = logits.sort(-1, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) > params.top_p  # keep the token crossing top_p
-        sorted_logits[drop] = float("-inf")
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    if params.temperature != 1.0:
+        logits = logits / params.temperature
     probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+    u = torch.rand(probs.shape[0], generator=gen, dtype=torch.float64).to(probs.device)
+    if params.top_p >= 1.0:
+        return _draw(probs, u)
+    k = min(256, probs.shape[-1])
+    top, order = probs.topk(k, dim=-1)  # descending
+    cum = top.cumsum(-1)
+    # the nucleus: the most likely tokens up to and including the one crossing top_p
+    picked = order.gather(-1, _draw(top * ((cum - top) <= params.top_p), u)[:, None])[:, 0]
+    wide = (cum[:, -1] <= params.top_p) & (k < probs.shape[-1])  # nucleus beyond the top k
+    if bool(wide.any()):
+        rows = wide.nonzero()[:, 0]
+        sorted_p, full = probs[rows].sort(-1, descending=True)
+        cum = sorted_p.cumsum(-1)
+        inside = sorted_p * ((cum - sorted_p) <= params.top_p)
+        picked[rows] = full.gather(-1, _draw(inside, u[rows])[:, None])[:, 0]
+    return picked
+
+
+def _draw(weights: torch.Tensor, u: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """Per row, the index ``i`` where the cumulative sum of the non-negative ``weights``
+    first exceeds ``u`` times the row's total: a draw from the normalised weights for
+    uniform ``u`` in [0, 1). Always an index of positive weight.
+
+    Two levels, so only one block of each row is summed cumulatively: block totals, the
+    block holding the target, then the target's place within that block (float64 sums)."""
+    rows, width = weights.shape
+    pad = -width % block
+    if pad:
+        weights = torch.nn.functional.pad(weights, (0, pad))
+    blocks = weights.view(rows, -1, block)
+    ends = blocks.sum(-1).double().cumsum(-1)  # [rows, n_blocks]
+    total = ends[:, -1]
+    target = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+    b = torch.searchsorted(ends, target[:, None], right=True)[:, 0].clamp(max=ends.shape[1] - 1)
+    before = torch.where(b > 0, ends.gather(-1, (b - 1).clamp(min=0)[:, None])[:, 0], 0.0)
+    inner = blocks[torch.arange(rows, device=b.device), b]  # [rows, block]
+    cum = inner.double().cumsum(-1) + before[:, None]
+    j = torch.searchsorted(cum, target[:, None], right=True)[:, 0]
+    # rounding between the two sums can leave the target past the block: its last positive entry
+    last = block - 1 - (inner.flip(-1) > 0).int().argmax(-1)
+    return b * block + torch.minimum(j, last)
 
 
 def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -113,13 +113,14 @@ def run(recipe: Recipe, run_dir: str | Path) -> dict:
         base=student.snapshot(),
         train=train,
         evals=evals,
-        gold={e.id: _gold(task, e) for e in train},
+        gold={e.id: _gold(task, e) for e in train[: recipe.dpo_st.gold_questions]},
     )
     log.info(
-        "DPO-ST: arms %s, %d rounds, %d training questions",
+        "DPO-ST: arms %s, %d rounds, %d training questions (%d with a gold rationale)",
         arms(recipe),
         run.cfg.rounds,
         len(train),
+        len(run.gold),
     )
 
     warm = rd / WARMUP / "model"
@@ -261,6 +262,9 @@ def _round(run: _Run, arm: str, r: int, sft_model: Path) -> Path:
                     "examples": len(rows),
                     "pseudo_labels": len(pseudo),
                     "questions_with_pseudo_labels": len({x["id"] for x in pseudo}),
+                    # answer-only questions (no gold rationale) that now have an SFT example
+                    "answer_only_covered": len({x["id"] for x in pseudo} - set(run.gold)),
+                    "answer_only_questions": len(run.train) - len(run.gold),
                     "cap": cap,
                 },
             )

@@ -74,11 +74,21 @@ def round_table(metrics: dict, arms: Sequence[str], labels: Sequence[str]) -> st
                 pk("dpo_samples"),
                 pk("sft_samples"),
                 str(m.get("pairs", {}).get("pairs", "-")),
-                str(m.get("pseudo_labels", {}).get("pseudo_labels", "-")),
+                _pseudo(m.get("pseudo_labels", {})),
                 str(m.get("pseudo_labels", {}).get("examples", "-")),
             ]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _pseudo(p: dict) -> str:
+    """Pseudo-labels kept, and how many answer-only questions they cover when there are any."""
+    if "pseudo_labels" not in p:
+        return "-"
+    if not p.get("answer_only_questions"):
+        return str(p["pseudo_labels"])
+    covered = f"{p['answer_only_covered']}/{p['answer_only_questions']}"
+    return f"{p['pseudo_labels']} ({covered} answer-only)"
 
 
 def calculator_table(metrics: dict, labels: Sequence[str]) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from selftrain.config import Recipe
 from selftrain.io import read_json, write_json_atomic, write_text_atomic
@@ -28,9 +29,9 @@ class RunDir:
         resolved = recipe.model_dump(mode="json")
         saved = self.path / "recipe.yaml"
         if saved.exists():
-            old = yaml.safe_load(saved.read_text(encoding="utf-8"))
-            # a key the saved recipe lacks reads as null: run dirs made before a section (such
-            # as dpo_st) was added to the schema still resume
+            old = _with_defaults(yaml.safe_load(saved.read_text(encoding="utf-8")))
+            # a key the saved recipe lacks reads as its default (or null): run dirs made before
+            # a key or section (such as dpo_st) was added to the schema still resume
             diff = sorted(_diff_keys(old, resolved))
             if diff:
                 raise RunDirError(
@@ -80,6 +81,15 @@ class RunDir:
 
     def _save_state(self) -> None:
         write_json_atomic(self._state_path, self.state)
+
+
+def _with_defaults(saved: Any) -> Any:
+    """A saved recipe with the keys it lacks at today's defaults (as saved if it no longer
+    validates: the comparison then names what differs)."""
+    try:
+        return Recipe.model_validate(saved).model_dump(mode="json")
+    except ValidationError:
+        return saved
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:

@@ -25,6 +25,7 @@ from selftrain.preference import correct_vs_wrong, cot_vs_direct, to_first_diver
 from selftrain.progress import bar, console, log, setup_logging
 from selftrain.sampling import SamplingParams, generate
 from selftrain.tasks.base import Example, Task
+from selftrain.teachers import TeacherError, build_teacher, kept_demos, prices_of, run_demos
 from selftrain.training.dpo import reference_logps, train_dpo
 from selftrain.training.sft import train_sft, validation_loss
 
@@ -110,7 +111,7 @@ def run(recipe: Recipe, run_dir: str | Path) -> dict:
     _evaluate_stage(rd, "sft", student, task, splits, recipe, weights=rd / "sft" / "model")
 
     samples = _samples(rd, student, task, splits["train"], recipe)
-    pairs = _pairs(rd, samples, demos, recipe)
+    pairs = _pairs(rd, samples, {qid: texts[0] for qid, texts in demos.items()}, recipe)
 
     dpo_steps = rd.metrics.get("dpo_training", {}).get("steps", 0)
     if not pairs:
@@ -235,43 +236,36 @@ def _evaluate_stage(
         rd.set_metric(name, result)
 
 
-def _demos(rd: RunDir, task: Task, train: list[Example], recipe: Recipe) -> dict[str, str]:
-    """Teacher demonstrations for the first n training questions, kept when verified."""
+def _demos(rd: RunDir, task: Task, train: list[Example], recipe: Recipe) -> dict[str, list[str]]:
+    """Teacher demonstrations for the first n training questions (``teacher.n_per_question``
+    each), kept when verified; question id -> kept texts. A request that failed after its
+    retries leaves the stage undone, so the next run asks for it again."""
     path = rd / "demos.jsonl"
     if not rd.done("demos"):
         with rd.stage("demos"):
-            have = {r["id"] for r in read_jsonl(path)}
-            with JsonlWriter(path) as w:
-                for e in train[: recipe.teacher.n_questions]:
-                    if e.id in have:
-                        continue
-                    text = _teacher(task, e, recipe.teacher.kind)
-                    ok = text is not None and task.is_correct(text, e)
-                    w.write({"id": e.id, "teacher": recipe.teacher.kind, "text": text, "kept": ok})
-            rows = read_jsonl(path)
-            kept = sum(r["kept"] for r in rows)
-            rd.set_metric(
-                "demos",
-                {
-                    "questions": len(rows),
-                    "kept": kept,
-                    "kept_fraction": round(kept / max(1, len(rows)), 4),
-                },
+            t = recipe.teacher
+            stats = run_demos(
+                build_teacher(t, task, seed=recipe.seed),
+                task,
+                train[: t.n_questions],
+                path,
+                n_per_question=t.n_per_question,
+                system_prompt=t.system_prompt,
+                cache_dir=t.cache_dir,
+                prices=prices_of(t),
             )
-    return {r["id"]: r["text"] for r in read_jsonl(path) if r["kept"]}
+            if stats["failed"]:
+                raise TeacherError(
+                    f"{stats['failed']} teacher requests failed after their retries (see "
+                    f"{path}); run the same command again to ask for them"
+                )
+            rd.set_metric("demos", stats)
+    return kept_demos(read_jsonl(path))
 
 
-def _teacher(task: Task, e: Example, kind: str) -> str | None:
-    if kind == "gold":
-        return e.rationale
-    demonstrate = getattr(task, "demonstration", None)
-    if demonstrate is None:
-        raise ValueError(f"task '{task.name}' has no solver; use teacher.kind: gold")
-    return demonstrate(e)
-
-
-def _demo_examples(train: list[Example], demos: dict[str, str]) -> list[tuple[Example, str]]:
-    return [(e, demos[e.id]) for e in train if e.id in demos]
+def _demo_examples(train: list[Example], demos: dict[str, list[str]]) -> list[tuple[Example, str]]:
+    """One SFT example per kept demonstration."""
+    return [(e, text) for e in train for text in demos.get(e.id, [])]
 
 
 def _samples(

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from selftrain import progress
 from selftrain.config import DPOConfig
 from selftrain.models import Student
-from selftrain.training.loop import batches, collate, optimizer_and_schedule, token_logps
+from selftrain.training.loop import batches, optimizer_and_schedule, pair_logps
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +60,16 @@ def reference_logps(student: Student, pairs: Sequence[Pair], batch_size: int = 1
     """[n_pairs, 2] summed log-probs of (chosen, rejected) under the current weights."""
     student.model.eval()
     out = []
+    order = sorted(range(len(pairs)), key=lambda i: sum(map(len, pairs[i])))  # little padding
     for i in range(0, len(pairs), batch_size):
-        chunk = pairs[i : i + batch_size]
-        seqs = [(p, c) for p, c, _ in chunk] + [(p, r) for p, _, r in chunk]
-        ids, mask, labels = collate(seqs, student.pad_id, student.device)
-        logp, _ = token_logps(student, ids, mask, labels)
+        chunk = [pairs[j] for j in order[i : i + batch_size]]
+        logp, _ = pair_logps(student, chunk)
         out.append(torch.stack([logp[: len(chunk)], logp[len(chunk) :]], dim=1).float().cpu())
-    return torch.cat(out) if out else torch.zeros((0, 2))
+    if not out:
+        return torch.zeros((0, 2))
+    ref = torch.empty((len(pairs), 2))
+    ref[torch.tensor(order)] = torch.cat(out)
+    return ref
 
 
 def train_dpo(
@@ -99,9 +102,7 @@ def train_dpo(
                 plan = batches(len(pairs), cfg.batch_size, rng, lengths)
             idx = plan.pop(0)
             chunk = [pairs[i] for i in idx]
-            seqs = [(p, c) for p, c, _ in chunk] + [(p, r) for p, _, r in chunk]
-            ids, mask, labels = collate(seqs, student.pad_id, student.device)
-            logp, count = token_logps(student, ids, mask, labels)
+            logp, count = pair_logps(student, chunk)  # chosen then rejected
             n = len(chunk)
             pi_c, pi_r = logp[:n], logp[n:]
             ref_c, ref_r = ref[idx, 0].to(logp.device), ref[idx, 1].to(logp.device)

@@ -50,6 +50,97 @@ def token_logps(
     return logp, where.sum(-1)
 
 
+def can_pack_pairs(student: Student) -> bool:
+    """Whether the student's attention takes the boolean 4D masks of :func:`collate_pairs`
+    (SDPA does; eager attention adds masks as floats)."""
+    config = getattr(student.model, "config", None)
+    return getattr(config, "_attn_implementation", None) == "sdpa"
+
+
+def collate_pairs(
+    pairs: Sequence[tuple[list[int], list[int], list[int]]], pad_id: int, device
+) -> dict[str, torch.Tensor]:
+    """Pack each ``(prompt, chosen, rejected)`` into one row, ``prompt + chosen + rejected``,
+    so the prompt is run once for both answers (DPO's prompts are a third to a half of its
+    tokens here).
+
+    The rejected tokens take the positions right after the prompt and attend to the prompt
+    and to themselves, never to the chosen tokens, so each answer sees exactly what it would
+    see alone. Returns input ids, position ids, a ``[B, 1, L, L]`` boolean attention mask
+    (padding attends to itself only, so no row of it is empty), and for every labelled
+    token: its row, the position whose hidden state predicts it (for the first rejected
+    token: the prompt's last), its id, and its sequence (``i`` for pair ``i``'s chosen,
+    ``n + i`` for its rejected, as in ``collate`` of chosen then rejected)."""
+    n = len(pairs)
+    width = max(len(p) + len(c) + len(r) for p, c, r in pairs)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    pos = torch.zeros((n, width), dtype=torch.long)
+    segment = torch.full((n, width), -1, dtype=torch.long)  # 0 prompt, 1 chosen, 2 rejected
+    rows, src, tgt, seq = [], [], [], []
+    for i, (p, c, r) in enumerate(pairs):
+        lp, lc, lr = len(p), len(c), len(r)
+        ids[i, : lp + lc + lr] = torch.tensor(p + c + r)
+        pos[i, : lp + lc] = torch.arange(lp + lc)
+        pos[i, lp + lc : lp + lc + lr] = torch.arange(lp, lp + lr)
+        segment[i, :lp] = 0
+        segment[i, lp : lp + lc] = 1
+        segment[i, lp + lc : lp + lc + lr] = 2
+        chosen_src = list(range(lp - 1, lp + lc - 1))
+        rejected_src = [lp - 1, *range(lp + lc, lp + lc + lr - 1)] if lr else []
+        rows += [i] * (lc + lr)
+        src += chosen_src + rejected_src
+        tgt += c + r
+        seq += [i] * lc + [n + i] * lr
+    q, k = segment[:, :, None], segment[:, None, :]
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    mask = causal & (q >= 0) & ((k == 0) | (k == q))
+    mask |= torch.eye(width, dtype=torch.bool)  # padding: itself only
+    as_tensor = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
+    return {
+        "input_ids": ids.to(device),
+        "position_ids": pos.to(device),
+        "attention_mask": mask[:, None].to(device),
+        "rows": as_tensor(rows),
+        "src": as_tensor(src),
+        "targets": as_tensor(tgt),
+        "seq": as_tensor(seq),
+    }
+
+
+def packed_pair_logps(
+    student: Student, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probabilities and token counts of a :func:`collate_pairs` batch: ``[2n]``,
+    the n chosen answers then the n rejected ones (as :func:`token_logps` of ``collate`` of
+    chosen then rejected sequences)."""
+    model = student.model
+    n = batch["input_ids"].shape[0]
+    with student.autocast():
+        hidden = model.get_decoder()(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+        ).last_hidden_state
+        logits = model.get_output_embeddings()(hidden[batch["rows"], batch["src"]])
+    nll = F.cross_entropy(logits.float(), batch["targets"], reduction="none")
+    logp = torch.zeros(2 * n, dtype=nll.dtype, device=nll.device).index_add(0, batch["seq"], -nll)
+    count = torch.bincount(batch["seq"], minlength=2 * n)
+    return logp, count
+
+
+def pair_logps(
+    student: Student, pairs: Sequence[tuple[list[int], list[int], list[int]]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[2n]`` summed log-probs and counts of the pairs' chosen then rejected answers:
+    packed (:func:`collate_pairs`) where the attention takes it, else one padded sequence
+    per answer."""
+    if can_pack_pairs(student):
+        return packed_pair_logps(student, collate_pairs(pairs, student.pad_id, student.device))
+    seqs = [(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs]
+    ids, mask, labels = collate(seqs, student.pad_id, student.device)
+    return token_logps(student, ids, mask, labels)
+
+
 def batches(n: int, batch_size: int, rng: random.Random, lengths: Sequence[int]) -> list[list[int]]:
     """Shuffled batches of indexes; within windows of 16 batches, items are sorted by length
     so each batch pads little while the order stays random."""

@@ -1,0 +1,241 @@
+"""Sampling: selftrain's sampler vs transformers' ``model.generate``, tokens per second.
+
+Both engines get the same model weights, the same prompts (the generated arithmetic task's
+train questions, chat-templated as the pipeline does, in the same order), the same number of
+sequences per batch, the same k, temperature, top-p, max_new_tokens and dtype. The peer is the
+code a user would write: ``model.generate(input_ids, attention_mask, do_sample=True,
+temperature, top_p, top_k=0, max_new_tokens, num_return_sequences=k)`` on left-padded prompts,
+stopping at EOS, then ``batch_decode``. With the calculator, the peer is ``generate`` with a
+``LogitsProcessor`` that forces the same calculator tokens (the same ``CalculatorHook``), so
+both produce annotated paths. Tokens/s counts generated tokens up to and including EOS per
+wall-clock second, texts decoded, for each engine. Runs alternate (peer, selftrain, peer,
+selftrain, ...) after one untimed warm-up each; the median run counts.
+
+    python benchmarks/sampling.py --quick
+    python benchmarks/sampling.py                      # the issue's sizes: 64 questions, k=8
+    python benchmarks/sampling.py --vllm               # + selftrain's vLLM engine (GPU)
+
+The last line is ``speedup X.XX``: the geometric mean over the configurations run of
+(selftrain tokens/s) / (generate tokens/s), selftrain being its vLLM engine with ``--vllm``
+and its built-in sampler otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import deque
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C
+import torch
+
+
+def make_prompts(student, n: int) -> list[list[int]]:
+    task, examples = C.questions(n, offset=288)  # the default recipe samples from question 288
+    prompts = [student.prompt_ids(task.prompt(e)) for e in examples]
+    return sorted(prompts, key=len)  # both engines get the same length-sorted batches
+
+
+class CalculatorForcing:
+    """A transformers ``LogitsProcessor``: after a token that can open a result (``=``), it
+    asks selftrain's ``CalculatorHook`` for the result of the row's open ``<<expr=`` and
+    forces its tokens one step at a time, as selftrain's sampler does."""
+
+    def __init__(self, hook, prompt_width: int, eos_id: int):
+        self.hook, self.width, self.eos = hook, prompt_width, eos_id
+        self.queues: dict[int, deque[int]] = {}
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        last = input_ids[:, -1].tolist()
+        for row, token in enumerate(last):
+            queue = self.queues.get(row)
+            if not queue and token in self.hook.triggers:
+                generated = input_ids[row, self.width :].tolist()
+                if self.eos not in generated:
+                    fill = self.hook.forced(generated)
+                    if fill:
+                        queue = self.queues[row] = deque(fill)
+            if queue:
+                forced = queue.popleft()
+                scores[row] = float("-inf")
+                scores[row, forced] = 0.0
+        return scores
+
+
+def run_generate(student, prompts, args, calculator: bool, greedy: bool = False) -> float:
+    """The peer: ``model.generate`` per batch; returns generated tokens (EOS included)."""
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    from selftrain.sampling import _left_pad, calculator_hook
+
+    model = student.model
+    per_batch = max(1, args.batch_size // args.k)
+    cfg = GenerationConfig(
+        do_sample=not greedy,
+        temperature=None if greedy else args.temperature,
+        top_p=None if greedy else args.top_p,
+        top_k=None if greedy else 0,
+        max_new_tokens=args.max_new_tokens,
+        num_return_sequences=1 if greedy else args.k,
+        eos_token_id=student.eos_id,
+        pad_token_id=student.pad_id,
+    )
+    tokens = 0
+    torch.manual_seed(args.seed)
+    texts = []
+    for start in range(0, len(prompts), per_batch):
+        ids, mask = _left_pad(prompts[start : start + per_batch], student.pad_id, student.device)
+        procs = LogitsProcessorList()
+        if calculator:
+            procs.append(
+                CalculatorForcing(calculator_hook(student.tokenizer), ids.shape[1], student.eos_id)
+            )
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, generation_config=cfg, logits_processor=procs
+            )
+        for row in out[:, ids.shape[1] :].tolist():
+            n = row.index(student.eos_id) + 1 if student.eos_id in row else len(row)
+            tokens += n
+            texts.append(student.tokenizer.decode(row[:n], skip_special_tokens=True))
+    run_generate.texts = texts
+    return tokens
+
+
+def run_ours(student, prompts, args, calculator: bool, greedy: bool = False) -> float:
+    """selftrain's sampler (the pipeline's entry point); returns generated tokens (EOS
+    included: a row shorter than max_new_tokens ended with one)."""
+    from selftrain.sampling import SamplingParams, generate
+
+    params = SamplingParams(
+        k=1 if greedy else args.k,
+        greedy=greedy,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        calculator=calculator,
+    )
+    tokens = 0
+    texts = {}
+    for batch in generate(student, list(enumerate(prompts)), params):
+        for key, outs, lengths in batch:
+            texts[key] = outs
+            tokens += sum(n + (n < args.max_new_tokens) for n in lengths)
+    run_ours.texts = [t for key in sorted(texts) for t in texts[key]]
+    return tokens
+
+
+def run_vllm(student, prompts, args, calculator: bool) -> float:
+    """selftrain's vLLM engine (GPU machines with vllm installed): the same prompts as token
+    ids, k samples each; an engine is started per call, and that start is timed too."""
+    from selftrain.sampling import SamplingParams, generate
+
+    params = SamplingParams(
+        k=args.k,
+        greedy=False,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        calculator=calculator,
+        engine="vllm",
+    )
+    tokens = 0
+    for batch in generate(student, list(enumerate(prompts)), params):
+        for _, _texts, lengths in batch:
+            tokens += sum(n + (n < args.max_new_tokens) for n in lengths)
+    return tokens
+
+
+def greedy_check(student, prompts, args) -> bool:
+    """Greedy outputs of both engines on a few prompts: identical texts?"""
+    sub = argparse.Namespace(**{**vars(args), "max_new_tokens": min(32, args.max_new_tokens)})
+    few = prompts[: min(4, len(prompts))]
+    run_generate(student, few, sub, calculator=False, greedy=True)
+    run_ours(student, few, sub, calculator=False, greedy=True)
+    return run_generate.texts == run_ours.texts
+
+
+def bench_model(model_name: str, args, repeats: int, rows: list, results: list) -> list[float]:
+    """The engines on one model, each calculator mode; appends table rows and results and
+    returns the speedups (selftrain's engine over generate)."""
+    student = C.load_student(model_name, dtype=args.dtype, adapter=args.adapter)
+    student.model.to(args.device).eval()
+    prompts = make_prompts(student, args.questions)
+    name = C.short_name(model_name)
+    same = greedy_check(student, prompts, args)
+    print(f"{name}: greedy output identical to generate: {'yes' if same else 'NO'}", flush=True)
+    ours = "selftrain-vllm" if args.vllm else "selftrain"
+    few = prompts[: max(1, args.batch_size // args.k)]  # the warm-up: one batch
+    speedups = []
+    for mode in args.calculator.split(","):
+        calc = mode == "on"
+        runs = {
+            "generate": lambda calc=calc: run_generate(student, prompts, args, calc),
+            "selftrain": lambda calc=calc: run_ours(student, prompts, args, calc),
+        }
+        if args.vllm:
+            runs["selftrain-vllm"] = lambda calc=calc: run_vllm(student, prompts, args, calc)
+        warm = {
+            "generate": lambda calc=calc: run_generate(student, few, args, calc),
+            "selftrain": lambda calc=calc: run_ours(student, few, args, calc),
+        }
+        timings = C.alternate(runs, repeats, warm)
+        ratio = timings[ours].rate() / timings["generate"].rate()
+        speedups.append(ratio)
+        for t in timings.values():
+            runs_s = " ".join(f"{x:.1f}" for x in t.seconds)
+            rows.append([name, mode, t.engine, int(t.units[0]), runs_s, t.rate()])
+        rows.append([name, mode, f"speedup ({ours})", "", "", ratio])
+        rates = {f"{e}_tok_s": t.rate() for e, t in timings.items()}
+        results.append({"model": name, "calculator": calc, "speedup": ratio, **rates})
+        print(f"{name}, calculator {mode}: speedup {ratio:.2f}", flush=True)
+    return speedups
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    C.add_common_args(parser)
+    parser.add_argument("--models", default="smollm2-135m-instruct,tiny-llama")
+    parser.add_argument("--questions", type=int, default=None, help="default 64 (quick: 8)")
+    parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default 96 (quick: 64)")
+    parser.add_argument("--batch-size", type=int, default=128, help="sequences decoded together")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--calculator", default="off,on", help="calculator modes to run")
+    parser.add_argument("--adapter", default=None, help="a run's LoRA checkpoint to merge first")
+    parser.add_argument("--vllm", action="store_true", help="add selftrain's vLLM engine (GPU)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    args.questions = args.questions or (8 if args.quick else 64)
+    args.max_new_tokens = args.max_new_tokens or (64 if args.quick else 96)
+    args.batch_size = min(args.batch_size, args.questions * args.k)
+    repeats = args.repeats or (2 if args.quick else 3)
+    C.setup_threads(args.threads)
+    print(f"machine: {C.machine()}")
+    print(
+        f"sampling: {args.questions} questions x k={args.k}, max_new_tokens={args.max_new_tokens},"
+        f" batch {args.batch_size} sequences, T={args.temperature}, top_p={args.top_p},"
+        f" {args.dtype}, {repeats} timed runs each (median), alternating",
+        flush=True,
+    )
+    rows: list = []
+    results: list = []
+    speedups = []
+    for model_name in args.models.split(","):
+        speedups += bench_model(model_name, args, repeats, rows, results)
+    print(C.table(rows, ["model", "calculator", "engine", "tokens", "seconds per run", "tok/s"]))
+    payload = {"machine": C.machine(), "args": {**vars(args), "json": None}, "results": results}
+    C.write_json(args.json, payload)
+    print(f"speedup {C.geomean(speedups):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""SFT: selftrain's ``train_sft`` vs TRL's ``SFTTrainer`` (PyPI), tokens/s, peak memory, MFU.
+
+Both engines train the same model weights on the same demonstrations (the generated task's
+gold rationales as token ids: prompt, completion + EOS; loss on the completion only), with
+the same LoRA adapters as the default recipe (or full fine-tuning), the same batch size,
+learning rate, one epoch, and the same precision (bf16 autocast by default, as the default
+recipe). TRL gets a pre-tokenized dataset (``input_ids`` and ``labels``), gradient
+checkpointing off (``--trl-checkpointing`` turns its default back on), no packing.
+
+Timed: every optimizer step (TRL: ``train()``). tokens/s = the demonstrations' tokens (prompt
++ completion, no padding) per second. Runs alternate (TRL, selftrain, ...) after a one-step
+warm-up; the median counts. Peak memory and MFU as in benchmarks/dpo.py.
+
+    python benchmarks/sft.py --quick
+    python benchmarks/sft.py                   # 256 demonstrations, LoRA and full
+
+The last line is ``speedup X.XX``: the geometric mean over the modes of
+(selftrain tokens/s) / (TRL tokens/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C
+import dpo as D
+import torch
+
+
+def make_demos(student, n: int) -> list[tuple[list[int], list[int]]]:
+    """(prompt, gold rationale + EOS) token ids of the first ``n`` train questions (the
+    default recipe's stage-1 demonstrations)."""
+    task, examples = C.questions(n)
+    return [
+        (student.prompt_ids(task.prompt(e)), student.completion_ids(task.demonstration(e)))
+        for e in examples
+    ]
+
+
+def run_selftrain(model, tokenizer, data, args, lora: bool) -> dict:
+    from selftrain.models import Student
+    from selftrain.training.sft import train_sft
+
+    torch.manual_seed(args.seed)
+    student = Student(model, tokenizer, D.student_cfg(args, lora))
+    t0 = time.perf_counter()
+    res = train_sft(student, data, lr=args.lr, batch_size=args.batch_size, epochs=1, seed=args.seed)
+    return {"train_s": time.perf_counter() - t0, "steps": res.steps}
+
+
+def run_trl(model, tokenizer, data, args, lora: bool) -> dict:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    torch.manual_seed(args.seed)
+    peft = D.lora_config(D.student_cfg(args, lora), model) if lora else None
+    ds = Dataset.from_dict(
+        {
+            "input_ids": [p + c for p, c in data],
+            "labels": [[-100] * len(p) + c for p, c in data],
+        }
+    )
+    with tempfile.TemporaryDirectory() as out:
+        cfg = SFTConfig(
+            output_dir=out,
+            per_device_train_batch_size=args.batch_size,
+            learning_rate=args.lr,
+            lr_scheduler_type="cosine",
+            max_grad_norm=1.0,
+            weight_decay=0.0,
+            num_train_epochs=1,
+            max_length=None,
+            packing=False,
+            gradient_checkpointing=args.trl_checkpointing,
+            bf16=args.dtype == "bf16",
+            use_cpu=not torch.cuda.is_available(),
+            report_to=[],
+            save_strategy="no",
+            logging_steps=10,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            seed=args.seed,
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=cfg,
+            train_dataset=ds,
+            processing_class=tokenizer,
+            peft_config=peft,
+        )
+        D.quiet(trainer)
+        t0 = time.perf_counter()
+        trainer.train()
+        train_s = time.perf_counter() - t0
+    return {"train_s": train_s, "steps": trainer.state.global_step}
+
+
+ENGINES = {"trl": run_trl, "selftrain": run_selftrain}
+
+
+def child(args) -> None:
+    engine, mode = args.child.split(",")
+    model, tok = D.load(args)
+    data = make_demos(D._prompt_student(model, tok, args), args.demos)
+    with C.PeakMemory() as mem:  # the model is loaded: what training adds to it
+        out = ENGINES[engine](model, tok, data, args, mode == "lora")
+    print(json.dumps({"peak_mib": mem.mib, **out}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    C.add_common_args(parser)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--demos", type=int, default=None, help="default 256 (quick: 32)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--modes", default=None, help="default lora,full (quick: lora)")
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "float32"])
+    parser.add_argument("--trl-checkpointing", action="store_true")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.demos = args.demos or (32 if args.quick else 256)
+    args.modes = args.modes or ("lora" if args.quick else "lora,full")
+    repeats = args.repeats or (2 if args.quick else 3)
+    C.setup_threads(args.threads)
+    if args.child:
+        child(args)
+        return
+    print(f"machine: {C.machine()}")
+    base, tok = D.load(args)
+    data = make_demos(D._prompt_student(base, tok, args), args.demos)
+    tokens = sum(len(p) + len(c) for p, c in data)
+    flops = C.FlopModel.of(base)
+    peak = C.matmul_rate(torch.bfloat16 if args.dtype == "bf16" else torch.float32)
+    print(
+        f"sft: {C.short_name(args.model)}, {len(data)} demonstrations ({tokens} tokens), batch "
+        f"{args.batch_size}, 1 epoch, {args.dtype}, {repeats} timed runs each (median), "
+        f"alternating; matmul peak {peak / 1e9:.0f} GFLOP/s ({args.dtype})",
+        flush=True,
+    )
+    rows, speedups, results = [], [], []
+    for mode in args.modes.split(","):
+        lora = mode == "lora"
+        trained = D.student_cfg(args, True).lora.top_layers if lora else None
+        stage_flops = sum(flops.train_step(len(p) + len(c), len(c), trained) for p, c in data)
+
+        def runner(engine, subset, lora=lora):
+            def run():
+                out = ENGINES[engine](copy.deepcopy(base), tok, subset, args, lora)
+                return tokens, out["train_s"]
+
+            return run
+
+        warm = data[: args.batch_size]
+        timings = C.alternate(
+            {e: runner(e, data) for e in ENGINES}, repeats, {e: runner(e, warm) for e in ENGINES}
+        )
+        memory = {}
+        if not args.no_memory:
+            for engine in ENGINES:
+                child_args = [
+                    "--child", f"{engine},{mode}", "--model", args.model, "--demos",
+                    str(min(args.demos, 2 * args.batch_size)), "--batch-size", str(args.batch_size),
+                    "--dtype", args.dtype,
+                ]  # fmt: skip
+                if args.trl_checkpointing:
+                    child_args.append("--trl-checkpointing")
+                if args.threads:
+                    child_args += ["--threads", str(args.threads)]
+                memory[engine] = C.in_subprocess(Path(__file__), child_args)["peak_mib"]
+        for engine, t in timings.items():
+            rate = t.rate()
+            mfu = stage_flops * rate / tokens / peak
+            runs = " ".join(f"{s:.1f}" for s in t.seconds)
+            rows.append([mode, engine, runs, rate, f"{100 * mfu:.1f}%", memory.get(engine, "-")])
+        ratio = timings["selftrain"].rate() / timings["trl"].rate()
+        speedups.append(ratio)
+        mem_note = ""
+        if memory:
+            mem_note = f", peak memory {memory['selftrain']:.0f} vs {memory['trl']:.0f} MiB"
+        print(f"{mode}: speedup {ratio:.2f}{mem_note}", flush=True)
+        rows.append([mode, "speedup", "", ratio, "", ""])
+        results.append(
+            {
+                "mode": mode,
+                "speedup": ratio,
+                **{f"{e}_tok_s": t.rate() for e, t in timings.items()},
+                **{f"{e}_peak_mib": m for e, m in memory.items()},
+            }
+        )
+    print(C.table(rows, ["mode", "engine", "seconds per run", "tok/s", "MFU", "peak MiB"]))
+    payload = {"machine": C.machine(), "args": {**vars(args), "json": None}, "results": results}
+    C.write_json(args.json, payload)
+    print(f"speedup {C.geomean(speedups):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""The fast paths give the same results as the reference implementations: greedy decoding as
+transformers' ``generate``, the preallocated KV cache as concatenation, the inverse-CDF draw as
+the cumulative distribution, and the DPO and SFT losses as TRL's trainers on the same batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GenerationConfig
+
+from selftrain.sampling import (
+    SamplingParams,
+    _draw,
+    _left_pad,
+    _pick,
+    decode,
+    generate,
+    preallocated_layer_class,
+)
+from selftrain.training.dpo import preference_loss, reference_logps
+from selftrain.training.loop import (
+    can_pack_pairs,
+    collate,
+    collate_pairs,
+    pair_logps,
+    token_logps,
+)
+
+QUESTIONS = ["What is 2+3?", "Tom has 5 apples.", "x", "A much longer question about marbles?"]
+
+
+def _hf_greedy(model, ids, mask, max_new, eos, pad) -> list[list[int]]:
+    cfg = GenerationConfig(
+        max_new_tokens=max_new, do_sample=False, eos_token_id=eos, pad_token_id=pad
+    )
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
+    rows = []
+    for row in out[:, ids.shape[1] :].tolist():
+        rows.append(row[: row.index(eos)] if eos in row else row)
+    return rows
+
+
+def test_greedy_equals_generate_while_rows_finish_and_are_dropped(make_student):
+    """A frequent token plays EOS, so rows end at different steps and the batch (and the
+    preallocated cache) is compacted several times; every row still equals generate's."""
+    s = make_student()
+    torch.manual_seed(0)
+    with torch.no_grad():  # a livelier random model: the tiny one writes newlines only
+        for p in s.model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    prompts = [s.prompt_ids(q + " " * i) for i, q in enumerate(QUESTIONS * 2)]
+    ids, mask = _left_pad(prompts, s.pad_id, "cpu")
+    free = _hf_greedy(s.model, ids, mask, 24, eos=-1, pad=s.pad_id)
+
+    def spread(token):  # distinct steps at which the rows first write ``token``
+        return len({r.index(token) if token in r else None for r in free})
+
+    eos = max(sorted({t for r in free for t in r}), key=spread)
+    want = _hf_greedy(s.model, ids, mask, 24, eos=eos, pad=s.pad_id)
+    assert len({len(r) for r in want}) > 2  # rows really finish at different steps
+    got = decode(s.model, ids, mask, SamplingParams(max_new_tokens=24), eos_id=eos)
+    assert got == want
+
+
+def test_greedy_equals_generate_through_the_public_sampler(make_student):
+    s = make_student(lora=True)
+    with torch.no_grad():
+        for n, p in s.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.05)
+    items = [(i, s.prompt_ids(q)) for i, q in enumerate(QUESTIONS)]
+    ours = {k: t[0] for b in generate(s, items, SamplingParams(max_new_tokens=16)) for k, t, _ in b}
+    ids, mask = _left_pad([p for _, p in items], s.pad_id, "cpu")
+    want = _hf_greedy(s.model, ids, mask, 16, s.eos_id, s.pad_id)
+    assert [ours[i] for i in range(len(items))] == [s.decode(r) for r in want]
+
+
+def test_sampling_engine_is_chosen_by_name(make_student, monkeypatch):
+    from selftrain import sampling
+
+    s = make_student()
+    items = [(0, s.prompt_ids("What is 2+3?"))]
+    with pytest.raises(ValueError, match="unknown sampling engine"):
+        list(generate(s, items, SamplingParams(engine="fast")))
+    if not sampling.vllm_available():  # no GPU or no vllm: a clear error, not a fallback
+        with pytest.raises(RuntimeError, match="vllm"):
+            list(generate(s, items, SamplingParams(engine="vllm")))
+    monkeypatch.setenv("SELFTRAIN_SAMPLER", "builtin")
+    assert list(generate(s, items, SamplingParams(max_new_tokens=2)))
+
+
+def test_preallocated_cache_layer_equals_concatenation():
+    layer = preallocated_layer_class()(width=5)  # too narrow on purpose: it must grow
+    chunks = [torch.randn(3, 2, n, 4) for n in (4, 1, 1, 3)]
+    for i, c in enumerate(chunks):
+        keys, values = layer.update(c, -c)
+        want = torch.cat(chunks[: i + 1], dim=-2)
+        assert torch.equal(keys, want) and torch.equal(values, -want)
+        assert layer.get_seq_length() == want.shape[-2]
+    layer.batch_repeat_interleave(2)
+    full = torch.cat(chunks, dim=-2).repeat_interleave(2, 0)
+    assert torch.equal(layer.keys, full)
+    layer.batch_select_indices(torch.tensor([5, 0]))
+    assert torch.equal(layer.keys, full[[5, 0]]) and torch.equal(layer.values, -full[[5, 0]])
+    step = torch.randn(2, 2, 1, 4)
+    keys, _ = layer.update(step, step)
+    assert torch.equal(keys, torch.cat([full[[5, 0]], step], dim=-2))
+
+
+def test_draw_inverts_the_cumulative_distribution():
+    torch.manual_seed(0)
+    w = torch.rand(64, 1000) ** 8  # uneven weights, a width that is not a multiple of 256
+    w[:, ::7] = 0.0
+    u = torch.rand(64, dtype=torch.float64)
+    cdf = w.double().cumsum(-1)
+    want = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+    got = _draw(w, u)
+    assert torch.equal(got, want)
+    assert (w.gather(-1, got[:, None]) > 0).all()
+    # the edges: u = 0 gives the first token with weight, u just below 1 the last
+    edge = _draw(w[:2], torch.tensor([0.0, 1 - 1e-16], dtype=torch.float64))
+    nonzero = (w[:2] > 0).int()
+    assert edge[0] == nonzero[0].argmax()
+    assert edge[1] == 999 - nonzero[1].flip(0).argmax()
+
+
+def test_sampling_follows_softmax_and_top_p():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 300) * 2
+    n = 40_000
+    gen = torch.Generator().manual_seed(1)
+    params = SamplingParams(greedy=False, temperature=0.7)
+    freq = torch.bincount(_pick(logits.expand(n, -1), params, gen), minlength=300) / n
+    assert 0.5 * (freq - (logits / 0.7).softmax(-1)[0]).abs().sum() < 0.03  # total variation
+    for top_p in (0.5, 0.999):  # a nucleus inside the top 256, and one that needs a full sort
+        params = SamplingParams(greedy=False, top_p=top_p)
+        picks = _pick(logits.expand(n, -1), params, gen)
+        probs = logits.softmax(-1)[0]
+        sorted_p, order = probs.sort(descending=True)
+        nucleus = order[(sorted_p.cumsum(0) - sorted_p) <= top_p]
+        assert set(picks.unique().tolist()) <= set(nucleus.tolist())
+        want = torch.zeros(300)
+        want[nucleus] = probs[nucleus] / probs[nucleus].sum()
+        freq = torch.bincount(picks, minlength=300) / n
+        assert 0.5 * (freq - want).abs().sum() < 0.03
+
+
+def test_packed_pairs_equal_separate_sequences_with_gradients(make_student):
+    """One row per pair (prompt, chosen, rejected; rejected blind to chosen) gives the same
+    log-probs and the same gradients as a padded sequence per answer."""
+    s = make_student(lora=True)
+    _perturb(s, lora=True)
+    p1, p2 = s.prompt_ids("What is 2+3?"), s.prompt_ids("A longer question, with more words?")
+    pairs = [
+        (p1, s.completion_ids("#### 5"), s.completion_ids("It is 2*3=6, so #### 6")),
+        (p2, s.completion_ids("4+3=<<4+3=7>>7\n#### 7"), s.completion_ids("4+3=8\n", eos=False)),
+    ]
+    assert can_pack_pairs(s)  # SDPA: the packed path is the one taken
+    width = collate_pairs(pairs, s.pad_id, "cpu")["input_ids"].shape[1]
+    assert width == max(len(p) + len(c) + len(r) for p, c, r in pairs)
+
+    def grads(fn):
+        s.model.zero_grad()
+        logp, count = fn()
+        (logp * torch.tensor([1.0, -2.0, 0.5, 3.0])).sum().backward()
+        return logp.detach(), count, [p.grad.clone() for p in s.trainable_parameters()]
+
+    seqs = [(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs]
+    packed = grads(lambda: pair_logps(s, pairs))
+    plain = grads(lambda: token_logps(s, *collate(seqs, s.pad_id, "cpu")))
+    assert torch.allclose(packed[0], plain[0], atol=1e-4)
+    assert packed[1].tolist() == plain[1].tolist()
+    for a, b in zip(packed[2], plain[2], strict=True):
+        assert torch.isfinite(a).all()
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-3)
+
+
+# ---- losses equal TRL's on the same batch ---------------------------------------------------
+trl = pytest.importorskip("trl")
+
+
+def _pairs(s):
+    p1, p2 = s.prompt_ids("What is 2+3?"), s.prompt_ids("Tom has 4 apples and buys 3.")
+    return [
+        (p1, s.completion_ids("2+3=<<2+3=5>>5\n#### 5"), s.completion_ids("2+3=6\n", eos=False)),
+        (p2, s.completion_ids("4+3=<<4+3=7>>7\n#### 7"), s.completion_ids("#### 8")),
+        (p1, s.completion_ids("#### 5"), s.completion_ids("It is 2*3=6, so #### 6")),
+    ]
+
+
+def _perturb(s, lora: bool) -> None:
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in s.model.named_parameters():
+            if p.requires_grad and ("lora_B" in n or not lora):  # not TRL's "ref" adapter
+                p.add_(torch.randn_like(p) * (0.05 if lora else 0.02))
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_dpo_loss_equals_trl_dpo_trainer(make_student, tmp_path, lora):
+    """Reference log-probs (before training) and the sigmoid DPO loss (after the policy has
+    moved) equal TRL's DPOTrainer on the same batch within 1e-4."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    class Pretokenized(DPOTrainer):
+        def _prepare_dataset(self, dataset, *args, **kwargs):
+            return dataset
+
+    s = make_student(lora=lora)
+    pairs = _pairs(s)
+    ours_ref = reference_logps(s, pairs)
+    examples = [{"prompt_ids": p, "chosen_ids": c, "rejected_ids": r} for p, c, r in pairs]
+    cfg = DPOConfig(
+        output_dir=str(tmp_path),
+        beta=0.1,
+        loss_type=["sigmoid"],
+        bf16=False,
+        gradient_checkpointing=False,
+        max_length=None,
+        report_to=[],
+        use_cpu=True,
+    )
+    # LoRA: TRL keeps the adapters as they are now as its reference ("ref" adapter);
+    # full fine-tuning: it loads the model's folder again as the reference model
+    trainer = Pretokenized(
+        model=s.model,
+        args=cfg,
+        train_dataset=Dataset.from_list(examples),
+        processing_class=s.tokenizer,
+    )
+    batch = trainer.data_collator(examples)
+    ref_model = trainer.ref_model or trainer.model
+    trl_ref = torch.stack(trainer.compute_ref_log_probs(ref_model, batch), dim=1)
+    assert torch.allclose(trl_ref, ours_ref, atol=1e-4)
+
+    _perturb(s, lora)
+    with torch.no_grad():
+        logp, _ = pair_logps(s, pairs)  # the path train_dpo takes: packed pairs
+        n = len(pairs)
+        ours = preference_loss(logp[:n], logp[n:], ours_ref[:, 0], ours_ref[:, 1], 0.1).mean()
+        theirs = trainer.compute_loss(trainer.model, batch)
+    assert abs(ours.item() - torch.log(torch.tensor(2.0)).item()) > 1e-3  # the policy moved
+    assert abs(ours.item() - theirs.item()) < 1e-4
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_sft_loss_equals_trl_sft_trainer(make_student, tmp_path, lora):
+    """The SFT loss (mean over completion tokens, EOS included) equals TRL's SFTTrainer on
+    the same batch within 1e-4."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    s = make_student(lora=lora)
+    _perturb(s, lora)
+    data = [(p, c) for p, c, _ in _pairs(s)]
+    examples = [{"input_ids": p + c, "labels": [-100] * len(p) + c} for p, c in data]
+    cfg = SFTConfig(
+        output_dir=str(tmp_path),
+        bf16=False,
+        gradient_checkpointing=False,
+        max_length=None,
+        report_to=[],
+        use_cpu=True,
+    )
+    trainer = SFTTrainer(
+        model=s.model,
+        args=cfg,
+        train_dataset=Dataset.from_list(examples),
+        processing_class=s.tokenizer,
+    )
+    batch = trainer.data_collator(examples)
+    with torch.no_grad():
+        logp, count = token_logps(s, *collate(data, s.pad_id, "cpu"))
+        ours = -logp.sum() / count.sum()
+        theirs = trainer.compute_loss(trainer.model, batch)
+    assert abs(ours.item() - theirs.item()) < 1e-4
