@@ -176,8 +176,7 @@ def test_packed_pairs_equal_separate_sequences_with_gradients(make_student):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-3)
 
 
-# ---- losses equal TRL's on the same batch ---------------------------------------------------
-trl = pytest.importorskip("trl")
+# ---- losses equal TRL's on the same batch (trl: the dev extra) -------------------------------
 
 
 def _pairs(s):
@@ -202,6 +201,8 @@ def test_dpo_loss_equals_trl_dpo_trainer(make_student, tmp_path, lora):
     """Reference log-probs (before training) and the sigmoid DPO loss (after the policy has
     moved) equal TRL's DPOTrainer on the same batch within 1e-4."""
     from datasets import Dataset
+
+    pytest.importorskip("trl")
     from trl import DPOConfig, DPOTrainer
 
     class Pretokenized(DPOTrainer):
@@ -250,6 +251,8 @@ def test_sft_loss_equals_trl_sft_trainer(make_student, tmp_path, lora):
     """The SFT loss (mean over completion tokens, EOS included) equals TRL's SFTTrainer on
     the same batch within 1e-4."""
     from datasets import Dataset
+
+    pytest.importorskip("trl")
     from trl import SFTConfig, SFTTrainer
 
     s = make_student(lora=lora)

@@ -259,13 +259,13 @@ def decode(
     """Decode ``params.k`` continuations of each left-padded prompt; return their tokens
     (without EOS), prompt-major: rows ``i*k .. i*k+k-1`` belong to prompt ``i``.
 
-    Hand-written rather than ``model.generate`` because it is several times faster here
-    (benchmarks/sampling.py): one prefill is shared by the k samples of a prompt (the cache is
-    repeated after it), only the last position's logits are computed, the KV cache and the
-    attention mask are preallocated for the whole decode (written in place, never
-    concatenated), sampling draws one uniform number per row (inverse CDF) instead of one
-    exponential per vocabulary entry, and rows that have finished are dropped from the batch
-    (and its KV cache) instead of being decoded on as padding.
+    Hand-written rather than ``model.generate`` because it is faster (benchmarks/RESULTS.md:
+    1.6-2x on SmolLM2-135M, 5x on a tiny model, 2 CPU cores): one prefill is shared by the k
+    samples of a prompt (the cache is repeated after it), only the last position's logits are
+    computed, the KV cache and the attention mask are preallocated for the whole decode
+    (written in place, never concatenated), sampling draws one uniform number per row
+    (inverse CDF) instead of one exponential per vocabulary entry, and rows that have finished
+    are dropped from the batch (and its KV cache) instead of being decoded on as padding.
     """
     width = ids.shape[1] + params.max_new_tokens
     cache = _preallocated_cache(model, width)

@@ -95,16 +95,10 @@ def collate_pairs(
     causal = torch.ones((width, width), dtype=torch.bool).tril()
     mask = causal & (q >= 0) & ((k == 0) | (k == q))
     mask |= torch.eye(width, dtype=torch.bool)  # padding: itself only
-    as_tensor = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
-    return {
-        "input_ids": ids.to(device),
-        "position_ids": pos.to(device),
-        "attention_mask": mask[:, None].to(device),
-        "rows": as_tensor(rows),
-        "src": as_tensor(src),
-        "targets": as_tensor(tgt),
-        "seq": as_tensor(seq),
-    }
+    out = {"input_ids": ids, "position_ids": pos, "attention_mask": mask[:, None]}
+    for name, values in (("rows", rows), ("src", src), ("targets", tgt), ("seq", seq)):
+        out[name] = torch.tensor(values, dtype=torch.long)
+    return {name: t.to(device) for name, t in out.items()}
 
 
 def packed_pair_logps(
@@ -132,9 +126,9 @@ def pair_logps(
     student: Student, pairs: Sequence[tuple[list[int], list[int], list[int]]]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``[2n]`` summed log-probs and counts of the pairs' chosen then rejected answers:
-    packed (:func:`collate_pairs`) where the attention takes it, else one padded sequence
-    per answer."""
-    if can_pack_pairs(student):
+    packed (:func:`collate_pairs`) where the attention takes it (and every prompt has a
+    token to predict the first answer token from), else one padded sequence per answer."""
+    if can_pack_pairs(student) and all(p for p, _, _ in pairs):
         return packed_pair_logps(student, collate_pairs(pairs, student.pad_id, student.device))
     seqs = [(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs]
     ids, mask, labels = collate(seqs, student.pad_id, student.device)
