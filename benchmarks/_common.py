@@ -40,6 +40,19 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
 
 
+def add_training_args(parser: argparse.ArgumentParser, lr: float) -> None:
+    """The options dpo.py and sft.py share (model, modes, dtype, memory runs, ...)."""
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--modes", default=None, help="default lora,full (quick: lora)")
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "float32"])
+    parser.add_argument("--trl-checkpointing", action="store_true")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+
+
 def setup_threads(threads: int | None) -> int:
     if threads:
         torch.set_num_threads(threads)

@@ -272,17 +272,9 @@ def _prompt_student(model, tok, args):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     C.add_common_args(parser)
-    parser.add_argument("--model", default="smollm2-135m-instruct")
+    C.add_training_args(parser, lr=5e-5)  # --batch-size: pairs per optimizer step
     parser.add_argument("--pairs", type=int, default=None, help="default 128 (quick: 16)")
-    parser.add_argument("--batch-size", type=int, default=8, help="pairs per optimizer step")
     parser.add_argument("--ref-batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--modes", default=None, help="default lora,full (quick: lora)")
-    parser.add_argument("--dtype", default="bf16", choices=["bf16", "float32"])
-    parser.add_argument("--trl-checkpointing", action="store_true")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.pairs = args.pairs or (16 if args.quick else 128)
     args.modes = args.modes or ("lora" if args.quick else "lora,full")
