@@ -90,6 +90,66 @@ def test_sampling_engine_is_chosen_by_name(make_student, monkeypatch):
     assert list(generate(s, items, SamplingParams(max_new_tokens=2)))
 
 
+def _unshared_decode(model, prompts, params, eos, gen) -> list[list[int]]:
+    """The reference for :func:`decode`: every sequence runs on its own through the model
+    (no cache, no sharing) and draws with :func:`_pick` from the same uniform stream."""
+    seqs = [list(p) for p in prompts for _ in range(params.k)]
+    outputs: list[list[int]] = [[] for _ in seqs]
+    live = list(range(len(seqs)))
+    for _ in range(params.max_new_tokens):
+        ids, mask = _left_pad([seqs[i] + outputs[i] for i in live], 0, "cpu")
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
+        picks = _pick(logits.float(), params, gen).tolist()
+        for i, t in zip(live, picks, strict=True):
+            if t != eos:
+                outputs[i].append(t)
+        live = [i for i, t in zip(live, picks, strict=True) if t != eos]
+        if not live:
+            break
+    return outputs
+
+
+def test_shared_prefix_decode_equals_one_row_per_sequence(make_student):
+    """Sequences that have drawn the same tokens share a batch row until they part: the
+    sampled tokens equal those of a decode that runs every sequence on its own with the same
+    random numbers, while the model runs on fewer rows than there are sequences."""
+    s = make_student()
+    model = s.model.double()  # float64: batch composition cannot flip a draw
+    torch.manual_seed(0)
+    with torch.no_grad():  # peaked but not deterministic next-token distributions
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    prompts = [s.prompt_ids(q) for q in QUESTIONS[:3]]
+    params = SamplingParams(k=6, greedy=False, temperature=0.15, max_new_tokens=20)
+    free = _unshared_decode(model, prompts, params, -1, torch.Generator().manual_seed(3))
+
+    def spread(token):  # distinct steps at which the sequences first write ``token``
+        return len({r.index(token) if token in r else None for r in free})
+
+    eos = max(sorted({t for r in free for t in r}), key=spread)
+    want = _unshared_decode(model, prompts, params, eos, torch.Generator().manual_seed(3))
+    rows_run = []
+    hook = model.model.register_forward_hook(
+        lambda mod, args, kwargs, out: rows_run.append(kwargs["input_ids"].shape[0]),
+        with_kwargs=True,
+    )
+    try:
+        ids, mask = _left_pad(prompts, s.pad_id, "cpu")
+        got = decode(model, ids, mask, params, eos, torch.Generator().manual_seed(3))
+    finally:
+        hook.remove()
+    assert got == want
+    assert len({len(r) for r in want}) > 2  # sequences end at different steps
+    for p in range(3):  # every prompt's paths part somewhere, and some share a prefix
+        paths = want[p * 6 : (p + 1) * 6]
+        assert len({tuple(x) for x in paths}) > 1
+    # model calls after the prefill: fewer rows than the sequences still decoding
+    alive = [sum(len(r) > step for r in want) for step in range(1, len(rows_run))]
+    assert sum(rows_run[1:]) < sum(alive)
+
+
 def test_preallocated_cache_layer_equals_concatenation():
     layer = preallocated_layer_class()(width=5)  # too narrow on purpose: it must grow
     chunks = [torch.randn(3, 2, n, 4) for n in (4, 1, 1, 3)]
@@ -105,7 +165,16 @@ def test_preallocated_cache_layer_equals_concatenation():
     assert torch.equal(layer.keys, full[[5, 0]]) and torch.equal(layer.values, -full[[5, 0]])
     step = torch.randn(2, 2, 1, 4)
     keys, _ = layer.update(step, step)
-    assert torch.equal(keys, torch.cat([full[[5, 0]], step], dim=-2))
+    grown = torch.cat([full[[5, 0]], step], dim=-2)
+    grown_values = torch.cat([-full[[5, 0]], step], dim=-2)
+    assert torch.equal(keys, grown)
+    layer.copy_rows(torch.tensor([1, 1, 0]), torch.tensor([0, 2, 13]), rows=14)  # past capacity
+    assert layer.keys.shape[0] == 14
+    for dst, src in ((0, 1), (1, 1), (2, 1), (13, 0)):
+        assert torch.equal(layer.keys[dst], grown[src])
+        assert torch.equal(layer.values[dst], grown_values[src])
+    with pytest.raises(ValueError, match="14"):
+        layer.update(step, step)  # two rows fed to a cache holding fourteen
 
 
 def test_draw_inverts_the_cumulative_distribution():

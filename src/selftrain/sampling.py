@@ -257,83 +257,133 @@ def decode(
     stop: StopHook | None = None,
 ) -> list[list[int]]:
     """Decode ``params.k`` continuations of each left-padded prompt; return their tokens
-    (without EOS), prompt-major: rows ``i*k .. i*k+k-1`` belong to prompt ``i``.
+    (without EOS), prompt-major: sequences ``i*k .. i*k+k-1`` belong to prompt ``i``.
 
-    Hand-written rather than ``model.generate`` because it is faster (benchmarks/RESULTS.md:
-    1.6-2x on SmolLM2-135M, 5x on a tiny model, 2 CPU cores): one prefill is shared by the k
-    samples of a prompt (the cache is repeated after it), only the last position's logits are
-    computed, the KV cache and the attention mask are preallocated for the whole decode
-    (written in place, never concatenated), sampling draws one uniform number per row
-    (inverse CDF) instead of one exponential per vocabulary entry, and rows that have finished
-    are dropped from the batch (and its KV cache) instead of being decoded on as padding.
+    Hand-written rather than ``model.generate`` because it is faster (benchmarks/RESULTS.md):
+
+    - **Shared prefixes.** The model runs once per distinct context, not once per sequence:
+      the k samples of a prompt share one row of the batch (and of the KV cache) for as long
+      as they have drawn the same tokens, and a row is forked (its cache rows copied) when
+      they part. Exact: sequences with the same context have the same next-token
+      distribution, and each still draws its own token from it. The prefill of a prompt is
+      the first such shared step; a trained student's k paths agree on much more than that
+      (measured: 42% of the tokens of k=8 paths are distinct trie nodes for the default
+      recipe's SFT student, so the decode does 42% of the per-sequence work).
+    - Only the last position's logits are computed; the KV cache and the attention mask are
+      preallocated for the whole decode (written in place, never concatenated); sampling
+      draws one uniform number per sequence (inverse CDF) instead of one exponential per
+      vocabulary entry; rows whose sequences have all finished are dropped from the batch
+      (and its KV cache) instead of being decoded on as padding.
     """
+    k, n_prompts = params.k, ids.shape[0]
     width = ids.shape[1] + params.max_new_tokens
-    cache = _preallocated_cache(model, width)
+    cache = _preallocated_cache(model, width, rows=n_prompts * k)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = _last_logits(model, ids, mask, pos, cache)
-    last = pos[:, -1:]
-    if params.k > 1:
-        cache.batch_repeat_interleave(params.k)
-        logits = logits.repeat_interleave(params.k, 0)
-        mask = mask.repeat_interleave(params.k, 0)
-        last = last.repeat_interleave(params.k, 0)
-    # the attention mask of the whole decode: the prompt's, then ones; step t reads a prefix
+    logits = _last_logits(model, ids, mask, pos, cache)  # one row per prompt
+    # per row of the batch: the attention mask of the whole decode, and the last position
     n_cached = mask.shape[1]
-    mask = torch.cat([mask, mask.new_ones((mask.shape[0], params.max_new_tokens))], dim=1)
-    rows = list(range(logits.shape[0]))  # output row of each batch row
-    done = [False] * len(rows)
-    outputs: list[list[int]] = [[] for _ in rows]
-    forced: dict[int, deque[int]] = {}  # output row -> calculator tokens still to feed
+    capacity = n_prompts * k
+    masks = mask.new_ones((capacity, width))
+    masks[:n_prompts, :n_cached] = mask
+    last = pos.new_zeros((capacity, 1))
+    last[:n_prompts] = pos[:, -1:]
+    n_rows = n_prompts
+    row_of = [i // k for i in range(capacity)]  # the batch row of each sequence
+    live = list(range(capacity))  # unfinished sequences, in order
+    outputs: list[list[int]] = [[] for _ in range(capacity)]
+    forced: dict[int, deque[int]] = {}  # sequence -> calculator tokens still to feed
     for step in range(params.max_new_tokens):
-        nxt = _pick(logits, params, gen)
-        if forced:
-            for j, r in enumerate(rows):
-                if forced.get(r):
-                    nxt[j] = forced[r].popleft()
-        for j, t in enumerate(nxt.tolist()):
-            if done[j]:
-                continue  # finished rows ride along until the next compaction
+        picks = _pick(logits, params, gen, torch.tensor([row_of[i] for i in live])).tolist()
+        groups: dict[tuple[int, int], list[int]] = {}  # (row, token) -> its sequences
+        for i, t in zip(live, picks, strict=True):
+            if forced.get(i):
+                t = forced[i].popleft()
             if t == eos_id:
-                done[j] = True
                 continue
-            out_row = outputs[rows[j]]
-            out_row.append(t)
-            if stop is not None and stop.done(out_row):
-                done[j] = True
+            out = outputs[i]
+            out.append(t)
+            if stop is not None and stop.done(out):
                 continue
-            if hook is not None and not forced.get(rows[j]):
-                fill = hook.forced(out_row)
+            if hook is not None and not forced.get(i):
+                fill = hook.forced(out)
                 if fill:
-                    forced[rows[j]] = deque(fill)
-        live = [j for j, d in enumerate(done) if not d]
+                    forced[i] = deque(fill)
+            groups.setdefault((row_of[i], t), []).append(i)
+        live = [i for seqs in groups.values() for i in seqs]
+        live.sort()
         if not live or step == params.max_new_tokens - 1:
             break
-        # Compacting copies the whole cache: do it once a quarter of the rows have finished.
-        if len(rows) - len(live) >= max(1, len(rows) // 4):
-            keep = torch.tensor(live, device=nxt.device)
-            cache.batch_select_indices(keep)
-            mask, last, nxt = mask[keep], last[keep], nxt[keep]
-            rows = [rows[j] for j in live]
-            done = [False] * len(rows)
+        # The first group of a row keeps it; every other group forks into a free row (a row
+        # whose sequences have all finished, else a new one past the end).
+        tokens = [eos_id] * capacity  # the next input of each row (idle rows: anything)
+        forks: list[tuple[int, list[int], int]] = []
+        kept: set[int] = set()
+        for (r, t), seqs in groups.items():
+            if r in kept:
+                forks.append((r, seqs, t))
+            else:
+                kept.add(r)
+                tokens[r] = t
+        free = [r for r in range(n_rows) if r not in kept]
+        if forks:
+            src, dst = [], []
+            for r, seqs, t in forks:
+                new = free.pop(0) if free else n_rows
+                n_rows = max(n_rows, new + 1)
+                src.append(r)
+                dst.append(new)
+                tokens[new] = t
+                for i in seqs:
+                    row_of[i] = new
+            src_t, dst_t = torch.tensor(src), torch.tensor(dst)
+            _copy_rows(cache, src_t, dst_t, n_rows)
+            masks[dst_t], last[dst_t] = masks[src_t], last[src_t]
+        nxt = torch.tensor(tokens, device=ids.device)
+        # Compacting copies the whole cache: do it once a quarter of the rows are idle.
+        if len(free) >= max(1, n_rows // 4):
+            keep = sorted({row_of[i] for i in live})
+            where = {r: j for j, r in enumerate(keep)}
+            keep_t = torch.tensor(keep, device=ids.device)
+            cache.batch_select_indices(keep_t)
+            masks[: len(keep)], last[: len(keep)] = masks[keep_t], last[keep_t]
+            nxt[: len(keep)] = nxt[keep_t]
+            row_of = [where.get(r, -1) for r in row_of]
+            n_rows = len(keep)
         n_cached += 1
-        last = last + 1
-        logits = _last_logits(model, nxt[:, None], mask[:, :n_cached], last, cache)
+        last[:n_rows] += 1
+        inputs = nxt[:n_rows, None]
+        logits = _last_logits(model, inputs, masks[:n_rows, :n_cached], last[:n_rows], cache)
     return outputs
 
 
-def _preallocated_cache(model: torch.nn.Module, width: int):
+def _copy_rows(cache, src: torch.Tensor, dst: torch.Tensor, n_rows: int) -> None:
+    """Make batch row ``dst[j]`` of every cache layer a copy of row ``src[j]``; the cache then
+    holds ``n_rows`` rows (rows past its current end are added)."""
+    layer_class = preallocated_layer_class()
+    for layer in getattr(cache, "layers", []):
+        if isinstance(layer, layer_class):
+            layer.copy_rows(src, dst, n_rows)
+        elif getattr(layer, "is_initialized", False):  # other layer kinds: select all rows
+            index = torch.arange(n_rows)
+            current = layer.keys.shape[0]
+            index[index >= current] = 0
+            index[dst] = src
+            layer.batch_select_indices(index.to(layer.keys.device))
+
+
+def _preallocated_cache(model: torch.nn.Module, width: int, rows: int = 0):
     """A transformers ``DynamicCache`` whose full-attention layers are
-    :func:`preallocated_layer_class` layers sized for ``width`` positions (other layer kinds,
-    e.g. sliding-window ones, are kept as they are)."""
+    :func:`preallocated_layer_class` layers sized for ``width`` positions and ``rows`` batch
+    rows (other layer kinds, e.g. sliding-window ones, are kept as they are)."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
-    layer = preallocated_layer_class()
+    layer = functools.partial(preallocated_layer_class(), width, rows)
     cache = DynamicCache(config=getattr(model, "config", None))
     if cache.layers:
-        cache.layers = [layer(width) if type(x) is DynamicLayer else x for x in cache.layers]
+        cache.layers = [layer() if type(x) is DynamicLayer else x for x in cache.layers]
     else:  # no config: layers are made as the model first calls them
-        cache.layer_class_to_replicate = functools.partial(layer, width)
+        cache.layer_class_to_replicate = layer
     return cache
 
 
@@ -343,56 +393,76 @@ def preallocated_layer_class() -> type:
     allocated once for the whole decode and hands attention a view of the filled part.
 
     transformers' ``DynamicLayer`` concatenates the whole cache at every step of every layer
-    instead (measured: a quarter of a sampling run on SmolLM2-135M, 2 CPU cores). Made on first
-    use so importing this module does not import transformers."""
+    instead (measured: a quarter of a sampling run on SmolLM2-135M, 2 CPU cores). The buffers
+    have room for ``capacity`` batch rows, of which the first ``rows`` are in use: a row is
+    forked (:meth:`copy_rows`) by copying its filled part into a spare row. Made on first use
+    so importing this module does not import transformers."""
     from transformers.cache_utils import DynamicLayer
 
     class PreallocatedLayer(DynamicLayer):
-        def __init__(self, width: int):
+        def __init__(self, width: int, capacity: int = 0):
             super().__init__()
-            self.width = width
+            self.width, self.capacity = width, capacity
             self.length = 0
+            self.rows = 0
 
         def update(self, key_states, value_states, *args, **kwargs):
-            n = key_states.shape[-2]
+            b, n = key_states.shape[0], key_states.shape[-2]
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
-                self._kbuf = _empty_like_width(key_states, max(self.width, n))
-                self._vbuf = _empty_like_width(value_states, max(self.width, n))
+                rows, width = max(self.capacity, b), max(self.width, n)
+                self._kbuf = _empty_like(key_states, rows, width)
+                self._vbuf = _empty_like(value_states, rows, width)
+                self.rows = b
+            elif b != self.rows:
+                raise ValueError(f"{b} rows fed to a cache holding {self.rows}")
             elif self.length + n > self._kbuf.shape[-2]:  # past the planned width: double
-                self._kbuf = self._copy(self._kbuf, None, 2 * (self.length + n))
-                self._vbuf = self._copy(self._vbuf, None, 2 * (self.length + n))
-            self._kbuf[:, :, self.length : self.length + n] = key_states
-            self._vbuf[:, :, self.length : self.length + n] = value_states
+                self._resize(self._kbuf.shape[0], 2 * (self.length + n))
+            self._kbuf[:b, :, self.length : self.length + n] = key_states
+            self._vbuf[:b, :, self.length : self.length + n] = value_states
             self.length += n
             self._set_views()
             return self.keys, self.values
 
-        def _copy(self, buf: torch.Tensor, rows: torch.Tensor | None, width: int):
-            """A new buffer of ``width`` positions holding the filled part of ``buf``
-            (only ``rows`` of it, when given)."""
-            filled = buf[:, :, : self.length]
-            if rows is not None:
-                filled = filled.index_select(0, rows)
-            out = _empty_like_width(filled, width)
-            out[:, :, : self.length] = filled
-            return out
+        def _resize(self, rows: int, width: int) -> None:
+            """New buffers of ``rows`` x ``width`` holding the filled part of the old ones."""
+            for name in ("_kbuf", "_vbuf"):
+                old = getattr(self, name)
+                new = _empty_like(old, rows, width)
+                n = min(rows, self.rows)
+                new[:n, :, : self.length] = old[:n, :, : self.length]
+                setattr(self, name, new)
 
         def _set_views(self) -> None:
-            self.keys = self._kbuf[:, :, : self.length]
-            self.values = self._vbuf[:, :, : self.length]
+            self.keys = self._kbuf[: self.rows, :, : self.length]
+            self.values = self._vbuf[: self.rows, :, : self.length]
+
+        def copy_rows(self, src: torch.Tensor, dst: torch.Tensor, rows: int) -> None:
+            """Row ``dst[j]`` becomes a copy of row ``src[j]``; ``rows`` rows are then in use."""
+            if not self.is_initialized:
+                return
+            if rows > self._kbuf.shape[0]:
+                self._resize(max(rows, 2 * self._kbuf.shape[0]), self._kbuf.shape[-2])
+            src, dst = src.to(self._kbuf.device), dst.to(self._kbuf.device)
+            for buf in (self._kbuf, self._vbuf):
+                buf[dst, :, : self.length] = buf[src, :, : self.length]
+            self.rows = rows
+            self._set_views()
 
         def _select_rows(self, rows: torch.Tensor) -> None:
-            if self.is_initialized and self.length:
-                rows = rows.to(self._kbuf.device)
-                self._kbuf = self._copy(self._kbuf, rows, self._kbuf.shape[-2])
-                self._vbuf = self._copy(self._vbuf, rows, self._vbuf.shape[-2])
-                self._set_views()
+            """Row ``j`` becomes a copy of row ``rows[j]``; ``len(rows)`` rows are in use."""
+            if not self.is_initialized:
+                return
+            if len(rows) > self._kbuf.shape[0]:
+                self._resize(len(rows), self._kbuf.shape[-2])
+            rows = rows.to(self._kbuf.device)
+            for buf in (self._kbuf, self._vbuf):
+                buf[: len(rows), :, : self.length] = buf[rows, :, : self.length]
+            self.rows = len(rows)
+            self._set_views()
 
         def batch_repeat_interleave(self, repeats: int) -> None:
-            if self.is_initialized:
-                rows = torch.arange(self._kbuf.shape[0]).repeat_interleave(repeats)
-                self._select_rows(rows)
+            self._select_rows(torch.arange(self.rows).repeat_interleave(repeats))
 
         def batch_select_indices(self, indices: torch.Tensor) -> None:
             self._select_rows(indices)
@@ -400,6 +470,7 @@ def preallocated_layer_class() -> type:
         def reset(self) -> None:
             super().reset()
             self.length = 0
+            self.rows = 0
 
         def crop(self, tokens_to_remove: int) -> None:
             raise NotImplementedError("a preallocated decode cache is never cropped")
@@ -407,10 +478,10 @@ def preallocated_layer_class() -> type:
     return PreallocatedLayer
 
 
-def _empty_like_width(like: torch.Tensor, width: int) -> torch.Tensor:
-    """An uninitialised ``[batch, heads, width, head_dim]`` tensor shaped after ``like``."""
-    b, h, _, d = like.shape
-    return like.new_empty((b, h, width, d))
+def _empty_like(like: torch.Tensor, rows: int, width: int) -> torch.Tensor:
+    """An uninitialised ``[rows, heads, width, head_dim]`` tensor shaped after ``like``."""
+    _, h, _, d = like.shape
+    return like.new_empty((rows, h, width, d))
 
 
 def _last_logits(model, ids, mask, pos, cache) -> torch.Tensor:
@@ -444,57 +515,70 @@ def _last_logits(model, ids, mask, pos, cache) -> torch.Tensor:
 
 
 def _pick(
-    logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None
+    logits: torch.Tensor,
+    params: SamplingParams,
+    gen: torch.Generator | None,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The next token of each row: argmax, or a draw from softmax(logits / temperature)
-    restricted to the top-p nucleus.
+    """The next token of each sequence: argmax, or a draw from softmax(logits / temperature)
+    restricted to the top-p nucleus. Sequence ``j`` draws from logits row ``rows[j]``
+    (default: one sequence per row), so sequences sharing a row share its softmax and sort.
 
-    A draw inverts the cumulative distribution at one uniform number per row
+    A draw inverts the cumulative distribution at one uniform number per sequence
     (:func:`_draw`), where ``torch.multinomial`` draws an exponential variate for every
     vocabulary entry (49k per row for SmolLM2; measured: 10% of a sampling run). The top-p
     nucleus is looked for among the 256 most likely tokens; only rows whose nucleus is larger
     are sorted in full."""
+    if rows is None:
+        rows = torch.arange(logits.shape[0])
+    rows = rows.to(logits.device)
     if params.greedy:
-        return logits.argmax(-1)
+        return logits.argmax(-1)[rows]
     if params.temperature != 1.0:
         logits = logits / params.temperature
     probs = logits.softmax(-1)
-    u = torch.rand(probs.shape[0], generator=gen, dtype=torch.float64).to(probs.device)
+    u = torch.rand(len(rows), generator=gen, dtype=torch.float64).to(probs.device)
     if params.top_p >= 1.0:
-        return _draw(probs, u)
+        return _draw(probs, u, rows)
     k = min(256, probs.shape[-1])
     top, order = probs.topk(k, dim=-1)  # descending
     cum = top.cumsum(-1)
     # the nucleus: the most likely tokens up to and including the one crossing top_p
-    picked = order.gather(-1, _draw(top * ((cum - top) <= params.top_p), u)[:, None])[:, 0]
-    wide = (cum[:, -1] <= params.top_p) & (k < probs.shape[-1])  # nucleus beyond the top k
+    nucleus = top * ((cum - top) <= params.top_p)
+    picked = order[rows].gather(-1, _draw(nucleus, u, rows)[:, None])[:, 0]
+    wide = ((cum[:, -1] <= params.top_p) & (k < probs.shape[-1]))[rows]  # beyond the top k
     if bool(wide.any()):
-        rows = wide.nonzero()[:, 0]
-        sorted_p, full = probs[rows].sort(-1, descending=True)
+        seqs = wide.nonzero()[:, 0]
+        sorted_p, full = probs[rows[seqs]].sort(-1, descending=True)
         cum = sorted_p.cumsum(-1)
         inside = sorted_p * ((cum - sorted_p) <= params.top_p)
-        picked[rows] = full.gather(-1, _draw(inside, u[rows])[:, None])[:, 0]
+        picked[seqs] = full.gather(-1, _draw(inside, u[seqs])[:, None])[:, 0]
     return picked
 
 
-def _draw(weights: torch.Tensor, u: torch.Tensor, block: int = 256) -> torch.Tensor:
-    """Per row, the index ``i`` where the cumulative sum of the non-negative ``weights``
-    first exceeds ``u`` times the row's total: a draw from the normalised weights for
-    uniform ``u`` in [0, 1). Always an index of positive weight.
+def _draw(
+    weights: torch.Tensor, u: torch.Tensor, rows: torch.Tensor | None = None, block: int = 256
+) -> torch.Tensor:
+    """Per sequence ``j``, the index ``i`` where the cumulative sum of the non-negative
+    weights of row ``rows[j]`` (default: row ``j``) first exceeds ``u[j]`` times the row's
+    total: a draw from the normalised weights for uniform ``u`` in [0, 1). Always an index of
+    positive weight.
 
     Two levels, so only one block of each row is summed cumulatively: block totals, the
     block holding the target, then the target's place within that block (float64 sums)."""
-    rows, width = weights.shape
+    width = weights.shape[1]
+    if rows is None:
+        rows = torch.arange(weights.shape[0], device=weights.device)
     pad = -width % block
     if pad:
         weights = torch.nn.functional.pad(weights, (0, pad))
-    blocks = weights.view(rows, -1, block)
-    ends = blocks.sum(-1).double().cumsum(-1)  # [rows, n_blocks]
+    blocks = weights.view(weights.shape[0], -1, block)
+    ends = blocks.sum(-1).double().cumsum(-1)[rows]  # [sequences, n_blocks]
     total = ends[:, -1]
     target = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
     b = torch.searchsorted(ends, target[:, None], right=True)[:, 0].clamp(max=ends.shape[1] - 1)
     before = torch.where(b > 0, ends.gather(-1, (b - 1).clamp(min=0)[:, None])[:, 0], 0.0)
-    inner = blocks[torch.arange(rows, device=b.device), b]  # [rows, block]
+    inner = blocks[rows, b]  # [sequences, block]
     cum = inner.double().cumsum(-1) + before[:, None]
     j = torch.searchsorted(cum, target[:, None], right=True)[:, 0]
     # rounding between the two sums can leave the target past the block: its last positive entry
