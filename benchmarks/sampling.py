@@ -204,7 +204,9 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=None, help="default 64 (quick: 8)")
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 96 (quick: 64)")
-    parser.add_argument("--batch-size", type=int, default=128, help="sequences decoded together")
+    parser.add_argument(
+        "--batch-size", type=int, default=128, help="rows decoded together (generate: sequences)"
+    )
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])

@@ -41,9 +41,25 @@ def _hf_greedy(model, ids, mask, max_new, eos, pad) -> list[list[int]]:
     return rows
 
 
-def test_greedy_equals_generate_while_rows_finish_and_are_dropped(make_student):
+@pytest.mark.parametrize("batch_size", [64, 3])
+def test_greedy_equals_generate_while_rows_finish_and_are_dropped(
+    make_student, monkeypatch, batch_size
+):
     """A frequent token plays EOS, so rows end at different steps and the batch (and the
-    preallocated cache) is compacted several times; every row still equals generate's."""
+    preallocated cache) is compacted several times; every row still equals generate's. With
+    3 rows for 8 prompts, prompts are taken in as rows free up (their prefill written into
+    the running cache) and columns no row needs any more are dropped."""
+    from selftrain import sampling
+
+    calls = {"place": 0, "drop": 0}
+    for name, key in (("_place_rows", "place"), ("_drop_columns", "drop")):
+        real = getattr(sampling, name)
+
+        def spy(*args, real=real, key=key):
+            calls[key] += 1
+            return real(*args)
+
+        monkeypatch.setattr(sampling, name, spy)
     s = make_student()
     torch.manual_seed(0)
     with torch.no_grad():  # a livelier random model: the tiny one writes newlines only
@@ -59,8 +75,11 @@ def test_greedy_equals_generate_while_rows_finish_and_are_dropped(make_student):
     eos = max(sorted({t for r in free for t in r}), key=spread)
     want = _hf_greedy(s.model, ids, mask, 24, eos=eos, pad=s.pad_id)
     assert len({len(r) for r in want}) > 2  # rows really finish at different steps
-    got = decode(s.model, ids, mask, SamplingParams(max_new_tokens=24), eos_id=eos)
+    params = SamplingParams(max_new_tokens=24, batch_size=batch_size)
+    got = decode(s.model, ids, mask, params, eos_id=eos)
     assert got == want
+    if batch_size < len(prompts):
+        assert calls["place"] > 0 and calls["drop"] > 0
 
 
 def test_greedy_equals_generate_through_the_public_sampler(make_student):

@@ -111,7 +111,7 @@ def eval_(
         str | None, typer.Option(help="group results in-domain vs out-of-domain")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="output folder (default: evals/NAME)")] = None,
-    batch_size: Annotated[int, typer.Option(help="sequences decoded together")] = 64,
+    batch_size: Annotated[int, typer.Option(help="rows decoded together")] = 64,
     max_new_tokens: Annotated[int | None, typer.Option(help="default: per task")] = None,
     calculator: Annotated[bool, typer.Option(help="fill in <<expr=>> while decoding")] = False,
     bf16: Annotated[bool, typer.Option(help="decode in bfloat16 (faster on CPU)")] = True,

@@ -73,7 +73,7 @@ class TeacherConfig(_Strict):
     price_per_million_output: float | None = Field(None, ge=0)
     # api: the answer cache; None: $SELFTRAIN_CACHE_DIR or ~/.cache/selftrain/teacher
     cache_dir: str | None = None
-    batch_size: int = Field(32, gt=0)  # hf: sequences decoded together
+    batch_size: int = Field(32, gt=0)  # hf: rows decoded together
 
     @model_validator(mode="after")
     def _model_for_kind(self) -> TeacherConfig:
@@ -104,7 +104,7 @@ class SamplingConfig(_Strict):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(96, gt=0)
-    batch_size: int = Field(64, gt=0)  # sequences decoded together
+    batch_size: int = Field(64, gt=0)  # rows decoded together
 
 
 class PairsConfig(_Strict):
@@ -195,7 +195,7 @@ class DPOSTConfig(_Strict):
     temperature: float = Field(0.7, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(300, gt=0)
-    sampling_batch_size: int = Field(64, gt=0)  # sequences decoded together
+    sampling_batch_size: int = Field(64, gt=0)  # rows decoded together
     similarity_threshold: float = Field(0.7, gt=0, le=1)  # token-set Jaccard above it: duplicate
     pairs_per_question: int = Field(3, gt=0)  # the m least similar chosen x rejected pairs
     # SFT step: the DPO model (self-training: the SFT model) samples pseudo-labels
