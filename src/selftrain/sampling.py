@@ -337,6 +337,7 @@ def _decode_batch(model, prompts, pending: deque, params, eos_id, pad_id, gen, h
     outputs: dict[int, list[int]] = {s: [] for s in live}
     unfinished = {p: k for p in first}
     forced: dict[int, deque[int]] = {}  # sequence -> calculator tokens still to feed
+    steps = 0
     while live:
         # Take in pending prompts while rows are free: prefilled apart, they sit in "virtual"
         # rows n_rows.. until their first tokens are drawn, then get real rows below.
@@ -441,8 +442,9 @@ def _decode_batch(model, prompts, pending: deque, params, eos_id, pad_id, gen, h
             row_of = {s: where[r] for s, r in row_of.items()}
             n_rows = len(keep)
         # Columns no row attends to any more (prompts of finished rows): dropped once they
-        # are a quarter of the cache.
-        if can_admit:
+        # are a quarter of the cache (looked for every 16 steps).
+        steps += 1
+        if can_admit and steps % 16 == 0:
             in_use = torch.tensor(sorted(set(row_of.values())), device=device)
             unused = int(masks[in_use, :n_cached].argmax(-1).min())
             if unused >= max(16, n_cached // 4):
@@ -452,9 +454,10 @@ def _decode_batch(model, prompts, pending: deque, params, eos_id, pad_id, gen, h
                 n_cached -= unused
         if n_cached + 1 > masks.shape[1]:
             masks = _fit(masks, masks.shape[0], 2 * (n_cached + 1), 1)
-        nxt = torch.full((n_rows, 1), pad_id, dtype=torch.long, device=device)
+        row_tokens = [pad_id] * n_rows
         for r, t in tokens.items():
-            nxt[r, 0] = t
+            row_tokens[r] = t
+        nxt = torch.tensor(row_tokens, device=device)[:, None]
         n_cached += 1
         last[:n_rows] += 1
         logits = _last_logits(model, nxt, masks[:n_rows, :n_cached], last[:n_rows], cache)
