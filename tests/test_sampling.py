@@ -71,6 +71,7 @@ def test_decode_drops_finished_rows_and_keeps_each_rows_tokens():
     assert out == [list(range(s + 1, 12)) for s in starts]
     capped = decode(lm, ids, mask, SamplingParams(max_new_tokens=3), eos_id=2)
     assert capped == [list(range(s + 1, min(12, s + 4))) for s in starts]
+    assert decode(lm, ids, mask, SamplingParams(max_new_tokens=0), eos_id=2) == [[]] * 8
     k2 = decode(lm, ids[:2], mask[:2], SamplingParams(k=2, max_new_tokens=20), eos_id=2)
     assert k2 == [list(range(4, 12))] * 2 + [[11]] * 2
 

@@ -305,6 +305,9 @@ def decode_stream(
       preallocated and written in place; a draw uses one uniform number per sequence
       (inverse CDF) instead of one exponential per vocabulary entry.
     """
+    if params.max_new_tokens < 1:
+        yield from ((i, [[] for _ in range(params.k)]) for i in range(len(prompts)))
+        return
     pending = deque(range(len(prompts)))
     while pending:
         yield from _decode_batch(model, prompts, pending, params, eos_id, pad_id, gen, hook, stop)
