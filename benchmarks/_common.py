@@ -238,6 +238,48 @@ def in_subprocess(script: Path, args: Sequence[str], timeout: float | None = Non
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def child_peak_memory(script: Path, engines, mode: str, args, extra: Sequence[str]) -> dict:
+    """Each engine's peak memory in MiB for ``mode``, measured in a fresh ``script --child``
+    process (``extra``: the script's own options); empty with ``--no-memory``."""
+    if args.no_memory:
+        return {}
+    memory = {}
+    for engine in engines:
+        child_args = [
+            "--child", f"{engine},{mode}", "--model", args.model,
+            "--batch-size", str(args.batch_size), "--dtype", args.dtype, *extra,
+        ]  # fmt: skip
+        if args.trl_checkpointing:
+            child_args.append("--trl-checkpointing")
+        if args.threads:
+            child_args += ["--threads", str(args.threads)]
+        memory[engine] = in_subprocess(script, child_args)["peak_mib"]
+    return memory
+
+
+def compare_to_trl(mode: str, timings: dict, memory: dict) -> dict:
+    """Print ``mode``'s speedup (selftrain over trl) and peak memories; return its record."""
+    ratio = timings["selftrain"].rate() / timings["trl"].rate()
+    mem_note = ""
+    if memory:
+        mem_note = f", peak memory {memory['selftrain']:.0f} vs {memory['trl']:.0f} MiB"
+    print(f"{mode}: speedup {ratio:.2f}{mem_note}", flush=True)
+    return {
+        "mode": mode,
+        "speedup": ratio,
+        **{f"{e}_tok_s": t.rate() for e, t in timings.items()},
+        **{f"{e}_peak_mib": m for e, m in memory.items()},
+    }
+
+
+def finish(args, results: list[dict], speedups: Sequence[float]) -> None:
+    """Write ``--json`` (machine, options, results) and print the last line,
+    ``speedup X.XX`` (the geometric mean of ``speedups``)."""
+    payload = {"machine": machine(), "args": {**vars(args), "json": None}, "results": results}
+    write_json(args.json, payload)
+    print(f"speedup {geomean(speedups):.2f}")
+
+
 def write_json(path: Path | None, payload: dict) -> None:
     if path is not None:
         path.write_text(json.dumps(payload, indent=2) + "\n")

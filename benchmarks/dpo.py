@@ -315,19 +315,9 @@ def main() -> None:
         stage_flops = _stage_flops(
             flops, pairs, None if not lora else student_cfg(args, True).lora.top_layers
         )
-        memory = {}
-        if not args.no_memory:
-            for engine in ENGINES:
-                child_args = [
-                    "--child", f"{engine},{mode}", "--model", args.model, "--pairs",
-                    str(min(args.pairs, 2 * args.batch_size)), "--batch-size", str(args.batch_size),
-                    "--dtype", args.dtype, "--ref-batch-size", str(args.ref_batch_size),
-                ]  # fmt: skip
-                if args.trl_checkpointing:
-                    child_args.append("--trl-checkpointing")
-                if args.threads:
-                    child_args += ["--threads", str(args.threads)]
-                memory[engine] = C.in_subprocess(Path(__file__), child_args)["peak_mib"]
+        extra = ["--pairs", str(min(args.pairs, 2 * args.batch_size))]
+        extra += ["--ref-batch-size", str(args.ref_batch_size)]
+        memory = C.child_peak_memory(Path(__file__), ENGINES, mode, args, extra)
         for engine, t in timings.items():
             runs = details[engine][-repeats:]
             rate = t.rate()
@@ -344,28 +334,12 @@ def main() -> None:
                     memory.get(engine, "-"),
                 ]
             )
-        ratio = timings["selftrain"].rate() / timings["trl"].rate()
-        speedups.append(ratio)
-        mem_note = ""
-        if memory:
-            mem_note = f", peak memory {memory['selftrain']:.0f} vs {memory['trl']:.0f} MiB"
-        print(f"{mode}: speedup {ratio:.2f}{mem_note}", flush=True)
-        rows.append([mode, "speedup", "", "", "", ratio, "", ""])
-        results.append(
-            {
-                "mode": mode,
-                "speedup": ratio,
-                **{f"{e}_tok_s": t.rate() for e, t in timings.items()},
-                **{f"{e}_peak_mib": m for e, m in memory.items()},
-            }
-        )
+        results.append(C.compare_to_trl(mode, timings, memory))
+        speedups.append(results[-1]["speedup"])
+        rows.append([mode, "speedup", "", "", "", speedups[-1], "", ""])
     header = ["mode", "engine", "steps", "seconds per run", "ref s", "tok/s", "MFU", "peak MiB"]
     print(C.table(rows, header))
-    C.write_json(
-        args.json,
-        {"machine": C.machine(), "args": {**vars(args), "json": None}, "results": results},
-    )
-    print(f"speedup {C.geomean(speedups):.2f}")
+    C.finish(args, results, speedups)
 
 
 def _stage_flops(flops: C.FlopModel, pairs, trained_layers: int | None) -> float:

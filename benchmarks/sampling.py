@@ -234,9 +234,7 @@ def main() -> None:
     for model_name in args.models.split(","):
         speedups += bench_model(model_name, args, repeats, rows, results)
     print(C.table(rows, ["model", "calculator", "engine", "tokens", "seconds per run", "tok/s"]))
-    payload = {"machine": C.machine(), "args": {**vars(args), "json": None}, "results": results}
-    C.write_json(args.json, payload)
-    print(f"speedup {C.geomean(speedups):.2f}")
+    C.finish(args, results, speedups)
 
 
 if __name__ == "__main__":

@@ -156,43 +156,18 @@ def main() -> None:
         timings = C.alternate(
             {e: runner(e, data) for e in ENGINES}, repeats, {e: runner(e, warm) for e in ENGINES}
         )
-        memory = {}
-        if not args.no_memory:
-            for engine in ENGINES:
-                child_args = [
-                    "--child", f"{engine},{mode}", "--model", args.model, "--demos",
-                    str(min(args.demos, 2 * args.batch_size)), "--batch-size", str(args.batch_size),
-                    "--dtype", args.dtype,
-                ]  # fmt: skip
-                if args.trl_checkpointing:
-                    child_args.append("--trl-checkpointing")
-                if args.threads:
-                    child_args += ["--threads", str(args.threads)]
-                memory[engine] = C.in_subprocess(Path(__file__), child_args)["peak_mib"]
+        extra = ["--demos", str(min(args.demos, 2 * args.batch_size))]
+        memory = C.child_peak_memory(Path(__file__), ENGINES, mode, args, extra)
         for engine, t in timings.items():
             rate = t.rate()
             mfu = stage_flops * rate / tokens / peak
             runs = " ".join(f"{s:.1f}" for s in t.seconds)
             rows.append([mode, engine, runs, rate, f"{100 * mfu:.1f}%", memory.get(engine, "-")])
-        ratio = timings["selftrain"].rate() / timings["trl"].rate()
-        speedups.append(ratio)
-        mem_note = ""
-        if memory:
-            mem_note = f", peak memory {memory['selftrain']:.0f} vs {memory['trl']:.0f} MiB"
-        print(f"{mode}: speedup {ratio:.2f}{mem_note}", flush=True)
-        rows.append([mode, "speedup", "", ratio, "", ""])
-        results.append(
-            {
-                "mode": mode,
-                "speedup": ratio,
-                **{f"{e}_tok_s": t.rate() for e, t in timings.items()},
-                **{f"{e}_peak_mib": m for e, m in memory.items()},
-            }
-        )
+        results.append(C.compare_to_trl(mode, timings, memory))
+        speedups.append(results[-1]["speedup"])
+        rows.append([mode, "speedup", "", speedups[-1], "", ""])
     print(C.table(rows, ["mode", "engine", "seconds per run", "tok/s", "MFU", "peak MiB"]))
-    payload = {"machine": C.machine(), "args": {**vars(args), "json": None}, "results": results}
-    C.write_json(args.json, payload)
-    print(f"speedup {C.geomean(speedups):.2f}")
+    C.finish(args, results, speedups)
 
 
 if __name__ == "__main__":
