@@ -306,12 +306,12 @@ def demos(
         console = Console(width=max(console.width, 132))
     console.print(_demos_table(summarize(read_jsonl(out)), out))
     run = stats["run"]
-    errors = ", ".join(f"{k} {v}" for k, v in sorted(run["errors"].items())) or "none"
+    error_counts = ", ".join(f"{k} {v}" for k, v in sorted(run["errors"].items())) or "none"
     paid = f", paid now ${run['cost_paid']:.4f}" if run["cost_paid"] is not None else ""
     typer.echo(
         f"this run ({source.identity}): {run['to_do']} to do, {run['from_cache']} from the cache, "
         f"{run['asked']} asked, {run['requests']} HTTP requests, {run['retries']} retries "
-        f"(errors: {errors}), {run['seconds']:.1f}s{paid}"
+        f"(errors: {error_counts}), {run['seconds']:.1f}s{paid}"
     )
     if stats["failed"]:
         typer.echo(
