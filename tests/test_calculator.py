@@ -78,10 +78,12 @@ def test_open_expression_and_fill():
     assert fill("junk <<a+b=") is None
 
 
+# No hypothesis deadline: a timing limit flakes on a loaded CI machine. The calculator's own
+# bounds (length, depth, exponent, magnitude) are what keep it fast; the tests below check them.
 _expr_chars = st.sampled_from([*"0123456789+-*/^%().,x\u00d7 \u00f7 ", "**", "$", "a", "e", "_"])
 
 
-@settings(max_examples=2000, deadline=200)
+@settings(max_examples=2000, deadline=None)
 @given(st.lists(_expr_chars, max_size=80).map("".join))
 def test_fuzz_never_raises_and_is_bounded(expr):
     value = calculate(expr)
@@ -91,7 +93,7 @@ def test_fuzz_never_raises_and_is_bounded(expr):
         format_number(value)
 
 
-@settings(max_examples=500, deadline=200)
+@settings(max_examples=500, deadline=None)
 @given(st.text(max_size=200))
 def test_fuzz_arbitrary_text(text):
     result = fill("<<" + text + "=")
@@ -100,7 +102,7 @@ def test_fuzz_arbitrary_text(text):
         assert result is None
 
 
-@settings(max_examples=300, deadline=200)
+@settings(max_examples=300, deadline=None)
 @given(st.integers(0, 10**6), st.integers(1, 10**6), st.sampled_from("+-*/"))
 def test_matches_exact_arithmetic(a, b, op):
     exact = {"+": a + b, "-": a - b, "*": a * b, "/": Fraction(a, b)}[op]
