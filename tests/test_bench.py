@@ -14,7 +14,7 @@ from selftrain.cli import app
 from selftrain.io import read_jsonl
 from selftrain.models import ModelLoadError
 from selftrain.tasks.data import DataError, data_dir
-from selftrain.training.loop import collate, token_logps
+from selftrain.training.loop import collate, scorer_of, token_logps
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_loglik_picks_the_option_with_the_highest_normalised_logprob(make_studen
     texts = [t.strip() for t in task.choice_continuations(ex)]
     seqs = [(context, student.completion_ids(t, eos=False)) for t in texts]
     with torch.no_grad():
-        lp, _ = token_logps(student, *collate(seqs, student.pad_id, "cpu"))
+        lp, _ = token_logps(scorer_of(student), *collate(seqs, student.pad_id, "cpu"))
     norm = [v / len(t) for v, t in zip(lp.tolist(), texts, strict=True)]
     best = task.choice_answers(ex)[max(range(len(norm)), key=norm.__getitem__)]
     one = evaluate_loglik(student, task, [ex])

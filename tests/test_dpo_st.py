@@ -119,8 +119,8 @@ def _with_correct_paths(real):
     """Wrap generate so the first path of each question answers correctly in its own words
     (a random tiny model is never right), so pseudo-labels and self-chosen paths exist."""
 
-    def gen(student, items, params):
-        for batch in real(student, items, params):
+    def gen(student, items, params, engine=None):
+        for batch in real(student, items, params, engine=None):
             out = []
             for qid, texts, lengths in batch:
                 answer = _ANSWERS[qid]
@@ -193,10 +193,10 @@ def test_resume_mid_round_continues_at_that_stage(tiny_dir, tmp_path, monkeypatc
     real_generate = _with_correct_paths(dpo_st.generate)
     calls = {"n": 0}
 
-    def die_in_r2_sft_samples(student, items, params):
+    def die_in_r2_sft_samples(student, items, params, engine=None):
         # DPO-step samples have k=2 and SFT-step samples k=2 too: count the sampling stages
         calls["n"] += 1
-        it = real_generate(student, items, params)
+        it = real_generate(student, items, params, engine)
         if calls["n"] == 4:  # r1 dpo, r1 sft, r2 dpo, then r2 sft: die after a batch
             yield next(it)
             raise KeyboardInterrupt
@@ -228,9 +228,9 @@ def test_resume_mid_round_continues_at_that_stage(tiny_dir, tmp_path, monkeypatc
         trained.append(k["label"])
         return real_sft(*a, **k)
 
-    def count_gen(student, items, params):
+    def count_gen(student, items, params, engine=None):
         sampled.append(len(items))
-        return real_generate(student, items, params)
+        return real_generate(student, items, params, engine)
 
     def no_dpo(*a, **k):
         raise AssertionError("DPO ran again")

@@ -64,16 +64,45 @@ def test_inference_model_folds_lora_without_touching_the_student(make_student):
             if "lora_B" in n:
                 p.normal_(std=0.1)
     before = {n: p.detach().clone() for n, p in s.model.named_parameters()}
-    plain = s.inference_model()
-    assert not any("lora" in n for n, _ in plain.named_parameters())
     ids = torch.tensor([s.prompt_ids("What is 2+3?")])
-    with torch.no_grad():
+    with s.inference() as run, torch.no_grad():
+        plain = run.model
+        assert not any("lora" in n for n, _ in plain.named_parameters())
         assert torch.allclose(plain(input_ids=ids).logits, s.model(input_ids=ids).logits, atol=1e-4)
     for n, p in s.model.named_parameters():
         assert torch.equal(p, before[n]), n
     s_bf16 = make_student(lora=True, autocast_bf16=True)
-    assert next(s_bf16.inference_model().parameters()).dtype == torch.bfloat16
+    with s_bf16.inference() as run:
+        assert next(run.model.parameters()).dtype == torch.bfloat16 and not run.autocast
     assert next(s_bf16.model.parameters()).dtype == torch.float32
+
+
+def test_a_student_too_large_to_copy_decodes_through_its_adapters(make_student, monkeypatch):
+    """No memory for a folded copy: the sampler runs the student's own model (adapters, and
+    autocast instead of a bf16 copy), with the same greedy output."""
+    from selftrain import models
+    from selftrain.sampling import SamplingParams, generate
+
+    s = make_student(lora=True)
+    with torch.no_grad():
+        for n, p in s.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.05)
+    items = [(i, s.prompt_ids(q)) for i, q in enumerate(["What is 2+3?", "Tom has 5 apples."])]
+    params = SamplingParams(max_new_tokens=10)
+    folded = [x for b in generate(s, items, params) for x in b]
+    monkeypatch.setattr(models, "_copy_fits", lambda model, dtype: False)
+    with s.inference() as run:
+        assert run.model is s.model
+    assert [x for b in generate(s, items, params) for x in b] == folded
+    s_bf16 = make_student(lora=True, autocast_bf16=True)
+    with s_bf16.inference() as run:
+        assert run.model is s_bf16.model and run.autocast
+
+
+def test_snapshots_are_kept_on_the_cpu(make_student):
+    s = make_student()
+    assert all(t.device.type == "cpu" for t in s.snapshot().values())
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])

@@ -72,8 +72,10 @@ def test_resume_continues_where_it_stopped(tiny_dir, tmp_path, monkeypatch):
     recipe = _recipe(tiny_dir)
     real_generate, real_dpo, real_sft = srit.generate, srit.train_dpo, srit.train_sft
 
-    def generate_then_die(student, items, params):  # killed after the first sampling batch
-        it = real_generate(student, items, params)
+    def generate_then_die(
+        student, items, params, engine=None
+    ):  # killed after the first sampling batch
+        it = real_generate(student, items, params, engine)
         yield next(it)
         raise KeyboardInterrupt
 

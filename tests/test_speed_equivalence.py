@@ -15,14 +15,17 @@ from selftrain.sampling import (
     _pick,
     decode,
     generate,
+    make_engine,
     preallocated_layer_class,
 )
+from selftrain.sampling.draws import path_keys, stable_key, uniforms
 from selftrain.training.dpo import preference_loss, reference_logps
 from selftrain.training.loop import (
     can_pack_pairs,
     collate,
     collate_pairs,
     pair_logps,
+    scorer_of,
     token_logps,
 )
 
@@ -49,7 +52,7 @@ def test_greedy_equals_generate_while_rows_finish_and_are_dropped(
     preallocated cache) is compacted several times; every row still equals generate's. With
     3 rows for 8 prompts, prompts are taken in as rows free up (their prefill written into
     the running cache) and columns no row needs any more are dropped."""
-    from selftrain import sampling
+    from selftrain.sampling import decoder as sampling
 
     calls = {"place": 0, "drop": 0}
     for name, key in (("_place_rows", "place"), ("_drop_columns", "drop")):
@@ -95,24 +98,30 @@ def test_greedy_equals_generate_through_the_public_sampler(make_student):
     assert [ours[i] for i in range(len(items))] == [s.decode(r) for r in want]
 
 
-def test_sampling_engine_is_chosen_by_name(make_student, monkeypatch):
+def test_sampling_engine_is_chosen_by_name(make_student, monkeypatch, tmp_path):
     from selftrain import sampling
+    from selftrain.config import VLLMConfig
+    from selftrain.runtime import Runtime
 
     s = make_student()
-    items = [(0, s.prompt_ids("What is 2+3?"))]
+    cpu = Runtime.local("cpu")
     with pytest.raises(ValueError, match="unknown sampling engine"):
-        list(generate(s, items, SamplingParams(engine="fast")))
-    if not sampling.vllm_available():  # no GPU or no vllm: a clear error, not a fallback
-        with pytest.raises(RuntimeError, match="vllm"):
-            list(generate(s, items, SamplingParams(engine="vllm")))
-    monkeypatch.setenv("SELFTRAIN_SAMPLER", "builtin")
+        make_engine("fast", VLLMConfig(), cpu, tmp_path)
+    assert make_engine("builtin", VLLMConfig(), cpu, tmp_path).name == "builtin"
+    assert make_engine("auto", VLLMConfig(), cpu, tmp_path).name == "builtin"  # no GPU here
+    monkeypatch.setattr(sampling.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match=r"pip install 'selftrain\[vllm\]'"):
+        make_engine("vllm", VLLMConfig(), cpu, tmp_path)  # a clear error, not a fallback
+    items = [(0, s.prompt_ids("What is 2+3?"))]
     assert list(generate(s, items, SamplingParams(max_new_tokens=2)))
 
 
-def _unshared_decode(model, prompts, params, eos, gen) -> list[list[int]]:
+def _unshared_decode(model, prompts, params, eos) -> list[list[int]]:
     """The reference for :func:`decode`: every sequence runs on its own through the model
-    (no cache, no sharing) and draws with :func:`_pick` from the same uniform stream."""
+    (no cache, no sharing) and draws with :func:`_pick` at the same uniform numbers: those of
+    (seed, prompt key, path, step)."""
     seqs = [list(p) for p in prompts for _ in range(params.k)]
+    keys = [key for i in range(len(prompts)) for key in path_keys(stable_key(i), params.k)]
     outputs: list[list[int]] = [[] for _ in seqs]
     live = list(range(len(seqs)))
     for _ in range(params.max_new_tokens):
@@ -120,7 +129,8 @@ def _unshared_decode(model, prompts, params, eos, gen) -> list[list[int]]:
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
-        picks = _pick(logits.float(), params, gen).tolist()
+        u = uniforms(params.seed, [keys[i] for i in live], [len(outputs[i]) for i in live])
+        picks = _pick(logits.float(), params, u).tolist()
         for i, t in zip(live, picks, strict=True):
             if t != eos:
                 outputs[i].append(t)
@@ -142,13 +152,13 @@ def test_shared_prefix_decode_equals_one_row_per_sequence(make_student):
             p.add_(torch.randn_like(p) * 0.3)
     prompts = [s.prompt_ids(q) for q in QUESTIONS[:3]]
     params = SamplingParams(k=6, greedy=False, temperature=0.15, max_new_tokens=20)
-    free = _unshared_decode(model, prompts, params, -1, torch.Generator().manual_seed(3))
+    free = _unshared_decode(model, prompts, params, -1)
 
     def spread(token):  # distinct steps at which the sequences first write ``token``
         return len({r.index(token) if token in r else None for r in free})
 
     eos = max(sorted({t for r in free for t in r}), key=spread)
-    want = _unshared_decode(model, prompts, params, eos, torch.Generator().manual_seed(3))
+    want = _unshared_decode(model, prompts, params, eos)
     rows_run = []
     hook = model.model.register_forward_hook(
         lambda mod, args, kwargs, out: rows_run.append(kwargs["input_ids"].shape[0]),
@@ -156,7 +166,7 @@ def test_shared_prefix_decode_equals_one_row_per_sequence(make_student):
     )
     try:
         ids, mask = _left_pad(prompts, s.pad_id, "cpu")
-        got = decode(model, ids, mask, params, eos, torch.Generator().manual_seed(3))
+        got = decode(model, ids, mask, params, eos)
     finally:
         hook.remove()
     assert got == want
@@ -213,17 +223,33 @@ def test_draw_inverts_the_cumulative_distribution():
     assert edge[1] == 999 - nonzero[1].flip(0).argmax()
 
 
+def _u(n: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, generator=gen, dtype=torch.float64)
+
+
+def test_path_uniforms_are_uniform_and_depend_on_seed_path_and_step_only():
+    keys = [k for q in range(50) for k in path_keys(stable_key(f"q{q}"), 8)]
+    u = uniforms(3, keys * 50, [t for t in range(50) for _ in keys])
+    assert len(set(u.tolist())) == len(u)  # 20,000 distinct numbers
+    hist = torch.histc(u.float(), bins=10, min=0, max=1) / len(u)
+    assert (hist - 0.1).abs().max() < 0.01
+    # the same (seed, key, step) gives the same number, in any company and order
+    again = uniforms(3, [keys[7], keys[0]], [4, 0])
+    assert again.tolist() == [u[4 * len(keys) + 7].item(), u[0].item()]
+    assert uniforms(4, keys[:1], [0]) != u[:1]
+
+
 def test_sampling_follows_softmax_and_top_p():
     torch.manual_seed(0)
     logits = torch.randn(1, 300) * 2
     n = 40_000
     gen = torch.Generator().manual_seed(1)
     params = SamplingParams(greedy=False, temperature=0.7)
-    freq = torch.bincount(_pick(logits.expand(n, -1), params, gen), minlength=300) / n
+    freq = torch.bincount(_pick(logits.expand(n, -1), params, _u(n, gen)), minlength=300) / n
     assert 0.5 * (freq - (logits / 0.7).softmax(-1)[0]).abs().sum() < 0.03  # total variation
     for top_p in (0.5, 0.999):  # a nucleus inside the top 256, and one that needs a full sort
         params = SamplingParams(greedy=False, top_p=top_p)
-        picks = _pick(logits.expand(n, -1), params, gen)
+        picks = _pick(logits.expand(n, -1), params, _u(n, gen))
         probs = logits.softmax(-1)[0]
         sorted_p, order = probs.sort(descending=True)
         nucleus = order[(sorted_p.cumsum(0) - sorted_p) <= top_p]
@@ -244,7 +270,7 @@ def test_packed_pairs_equal_separate_sequences_with_gradients(make_student):
         (p1, s.completion_ids("#### 5"), s.completion_ids("It is 2*3=6, so #### 6")),
         (p2, s.completion_ids("4+3=<<4+3=7>>7\n#### 7"), s.completion_ids("4+3=8\n", eos=False)),
     ]
-    assert can_pack_pairs(s)  # SDPA: the packed path is the one taken
+    assert can_pack_pairs(s.model)  # SDPA: the packed path is the one taken
     width = collate_pairs(pairs, s.pad_id, "cpu")["input_ids"].shape[1]
     assert width == max(len(p) + len(c) + len(r) for p, c, r in pairs)
 
@@ -255,8 +281,9 @@ def test_packed_pairs_equal_separate_sequences_with_gradients(make_student):
         return logp.detach(), count, [p.grad.clone() for p in s.trainable_parameters()]
 
     seqs = [(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs]
-    packed = grads(lambda: pair_logps(s, pairs))
-    plain = grads(lambda: token_logps(s, *collate(seqs, s.pad_id, "cpu")))
+    scorer = scorer_of(s)
+    packed = grads(lambda: pair_logps(scorer, pairs, s.pad_id, pack=True))
+    plain = grads(lambda: token_logps(scorer, *collate(seqs, s.pad_id, "cpu")))
     assert torch.allclose(packed[0], plain[0], atol=1e-4)
     assert packed[1].tolist() == plain[1].tolist()
     for a, b in zip(packed[2], plain[2], strict=True):
@@ -326,7 +353,7 @@ def test_dpo_loss_equals_trl_dpo_trainer(make_student, tmp_path, lora):
 
     _perturb(s, lora)
     with torch.no_grad():
-        logp, _ = pair_logps(s, pairs)  # the path train_dpo takes: packed pairs
+        logp, _ = pair_logps(scorer_of(s), pairs, s.pad_id, pack=True)  # train_dpo's path
         n = len(pairs)
         ours = preference_loss(logp[:n], logp[n:], ours_ref[:, 0], ours_ref[:, 1], 0.1).mean()
         theirs = trainer.compute_loss(trainer.model, batch)
@@ -363,7 +390,7 @@ def test_sft_loss_equals_trl_sft_trainer(make_student, tmp_path, lora):
     )
     batch = trainer.data_collator(examples)
     with torch.no_grad():
-        logp, count = token_logps(s, *collate(data, s.pad_id, "cpu"))
+        logp, count = token_logps(scorer_of(s), *collate(data, s.pad_id, "cpu"))
         ours = -logp.sum() / count.sum()
         theirs = trainer.compute_loss(trainer.model, batch)
     assert abs(ours.item() - theirs.item()) < 1e-4

@@ -5,7 +5,7 @@ import torch
 from selftrain.config import DPOConfig
 from selftrain.sampling import SamplingParams, generate
 from selftrain.training.dpo import preference_loss, reference_logps, train_dpo
-from selftrain.training.loop import collate, token_logps
+from selftrain.training.loop import collate, scorer_of, token_logps
 from selftrain.training.sft import train_sft, validation_loss
 
 
@@ -62,7 +62,7 @@ def test_reference_logps_match_a_direct_computation(make_student):
     ref = reference_logps(s, [(p, c, r)])
     ids, mask, labels = collate([(p, c), (p, r)], s.pad_id, "cpu")
     with torch.no_grad():
-        direct, _ = token_logps(s, ids, mask, labels)
+        direct, _ = token_logps(scorer_of(s), ids, mask, labels)
     assert torch.allclose(ref[0], direct, atol=1e-4)
 
 
@@ -98,7 +98,7 @@ def test_token_logps_equal_a_plain_forward(make_student):
     data, _ = _data(s)
     ids, mask, labels = collate(data, s.pad_id, "cpu")
     with torch.no_grad():
-        ours, counts = token_logps(s, ids, mask, labels)
+        ours, counts = token_logps(scorer_of(s), ids, mask, labels)
         logp = s.model(input_ids=ids, attention_mask=mask).logits[:, :-1].log_softmax(-1)
     target = labels[:, 1:]
     keep = target != -100

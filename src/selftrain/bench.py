@@ -23,7 +23,7 @@ from selftrain.io import JsonlWriter, read_jsonl, write_json_atomic, write_text_
 from selftrain.models import Student
 from selftrain.tasks.base import Example
 from selftrain.tasks.benchmark import BenchmarkTask
-from selftrain.training.loop import collate, token_logps
+from selftrain.training.loop import collate, scorer_of, token_logps
 
 __all__ = ["evaluate_loglik", "markdown_table", "run_eval", "spread", "task_family"]
 
@@ -66,6 +66,7 @@ def evaluate_loglik(
             progress.bar(label, len(todo)) as bar,
         ):
             per_batch = max(1, batch_size // 4)
+            scorer = scorer_of(student)
             for start in range(0, len(todo), per_batch):
                 chunk = todo[start : start + per_batch]
                 seqs, owners = [], []
@@ -77,7 +78,7 @@ def evaluate_loglik(
                 logps: list[float] = []
                 for b in range(0, len(seqs), batch_size):
                     ids, mask, labels = collate(seqs[b : b + batch_size], student.pad_id, "cpu")
-                    lp, _ = token_logps(student, ids.to(student.device), mask, labels)
+                    lp, _ = token_logps(scorer, ids.to(student.device), mask, labels)
                     logps.extend(lp.tolist())
                 records = []
                 for e in chunk:

@@ -42,12 +42,15 @@ def run(
         list[str] | None, typer.Option("--set", help="override a key: sft.lr=1e-4")
     ] = None,
 ) -> None:
-    """Run a recipe end to end; rerunning the same command resumes where it stopped."""
+    """Run a recipe end to end; rerunning the same command resumes where it stopped.
+
+    Several processes: `accelerate launch --num_processes N -m selftrain run RECIPE`."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from selftrain.config import RecipeError, load_recipe
     from selftrain.models import ModelLoadError
     from selftrain.pipeline import dpo_st, srit
     from selftrain.pipeline.rundir import RunDirError
+    from selftrain.runtime import RuntimeSetupError, launched_processes
     from selftrain.teachers import TeacherError
 
     try:
@@ -58,8 +61,9 @@ def run(
     try:
         pipeline = srit if r.method == "srit" else dpo_st  # dpo_st, self_training
         pipeline.run(r, run_dir or Path("runs") / r.name)
-    except (ModelLoadError, RunDirError, TeacherError, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
+    except (ModelLoadError, RunDirError, RuntimeSetupError, TeacherError, ValueError) as e:
+        rank = f"rank {os.environ.get('RANK', 0)}: " if launched_processes() > 1 else ""
+        typer.echo(f"{rank}error: {e}", err=True)
         raise typer.Exit(1) from None
 
 

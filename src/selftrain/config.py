@@ -6,11 +6,19 @@ the defaults below, which are the embedded default recipe's values.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class _Strict(BaseModel):
@@ -33,10 +41,34 @@ class StudentConfig(_Strict):
     # a .gguf file, or "tiny-llama" / "tiny-qwen2" (random models from a small config).
     model: str = "smollm2-135m-instruct"
     gguf_file: str | None = None  # with a folder or hub id that holds several GGUF files
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    # auto: CUDA when present (under accelerate launch, each process's own GPU), else the CPU;
+    # or cpu, cuda, cuda:N
+    device: str = "auto"
+    # weights' dtype; auto: bfloat16 on a GPU that supports it, float32 on the CPU
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     autocast_bf16: bool = False  # bf16 autocast for matmuls on CPUs that support it
+    # recompute activations in the backward pass (non-reentrant, works with LoRA): less memory
+    gradient_checkpointing: bool = False
+    # QLoRA: a 4-bit NF4 base (bitsandbytes) under bf16 LoRA adapters, as SRIT trained its students
+    load_in_4bit: bool = False
     system_prompt: str | None = "Solve the problem step by step."
     lora: LoraConfig = LoraConfig()
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return v
+
+    @model_validator(mode="after")
+    def _qlora_needs_lora(self) -> StudentConfig:
+        if self.load_in_4bit and not self.lora.enabled:
+            raise ValueError(
+                "student.load_in_4bit trains LoRA adapters on a frozen 4-bit base: it needs "
+                "student.lora.enabled: true"
+            )
+        return self
 
 
 class TaskConfig(_Strict):
@@ -82,9 +114,16 @@ class TeacherConfig(_Strict):
         return self
 
 
+_MICRO = (
+    "examples per forward pass in each process; gradients are accumulated up to batch_size "
+    "(the effective batch over all processes). None: a process's whole share in one pass"
+)
+
+
 class SFTConfig(_Strict):
     lr: float = Field(3e-4, gt=0)
-    batch_size: int = Field(8, gt=0)
+    batch_size: int = Field(8, gt=0)  # examples per optimizer step, over all processes
+    micro_batch_size: int | None = Field(None, gt=0, description=_MICRO)
     max_epochs: int = Field(6, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
@@ -93,6 +132,20 @@ class SFTConfig(_Strict):
     patience: int = Field(2, ge=1)  # checks without a gain in validation accuracy, then stop
     val_questions: int = Field(100, gt=0)
     max_new_tokens: int = Field(96, gt=0)
+
+
+class VLLMConfig(_Strict):
+    """vLLM's engine (``sampling.engine: vllm``): one per process, kept for the whole run."""
+
+    tensor_parallel_size: int = Field(1, gt=0)  # GPUs per engine (one process only)
+    # share of the GPU's memory the engine may take; the student trains beside it, and the
+    # engine sleeps (frees its memory) while it does
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    max_model_len: int | None = Field(None, gt=0)  # None: the model's own
+    enforce_eager: bool = False  # no CUDA graphs: starts faster, decodes slower
+    prompts_per_call: int = Field(
+        512, gt=0
+    )  # prompts per generate call; records written after each
 
 
 class SamplingConfig(_Strict):
@@ -105,6 +158,11 @@ class SamplingConfig(_Strict):
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(96, gt=0)
     batch_size: int = Field(64, gt=0)  # rows decoded together
+    # the decoding engine of every sampling and evaluation stage of the run: builtin (our
+    # loop, any device), vllm (pip install selftrain[vllm], a CUDA GPU), auto: vllm where it
+    # can run, else builtin. Read by every method.
+    engine: Literal["builtin", "vllm", "auto"] = "auto"
+    vllm: VLLMConfig = VLLMConfig()
 
 
 class PairsConfig(_Strict):
@@ -124,7 +182,8 @@ class DPOConfig(_Strict):
     dpop_lambda: float = Field(50.0, ge=0)  # DPOP's penalty on a chosen answer losing likelihood
     nll_weight: float = Field(0.0, ge=0)  # length-normalised NLL on the chosen answer
     lr: float = Field(5e-5, gt=0)
-    batch_size: int = Field(8, gt=0)  # pairs per optimizer step
+    batch_size: int = Field(8, gt=0)  # pairs per optimizer step, over all processes
+    micro_batch_size: int | None = Field(None, gt=0, description=_MICRO)
     epochs: int = Field(1, gt=0)
     max_steps: int | None = Field(None, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -147,7 +206,8 @@ class DPOSTSFTConfig(_Strict):
     no early stopping). Defaults: the paper's Flan-T5 values."""
 
     lr: float = Field(3e-4, gt=0)
-    batch_size: int = Field(96, gt=0)
+    batch_size: int = Field(96, gt=0)  # examples per optimizer step, over all processes
+    micro_batch_size: int | None = Field(None, gt=0, description=_MICRO)
     epochs: int = Field(8, gt=0)
     warmup_epochs: int | None = Field(None, gt=0)  # epochs of the warm-up SFT; None: epochs
     max_steps: int | None = Field(None, gt=0)  # caps every SFT run's optimizer steps
@@ -255,9 +315,12 @@ class Recipe(_Strict):
         if self.dpo_st is None:
             self.dpo_st = DPOSTConfig()
         for key in _SRIT_ONLY:
-            if key in self.model_fields_set and getattr(self, key) != type(self).model_fields[
-                key
-            ].get_default(call_default_factory=True):
+            value = getattr(self, key)
+            if key == "sampling":  # its engine keys are every method's
+                value = value.model_copy(update={"engine": "auto", "vllm": VLLMConfig()})
+            if key in self.model_fields_set and value != type(self).model_fields[key].get_default(
+                call_default_factory=True
+            ):
                 raise ValueError(
                     f"key '{key}' is read by method srit only; method {self.method} takes its "
                     f"settings from dpo_st (e.g. dpo_st.sft, dpo_st.dpo, dpo_st.k)"

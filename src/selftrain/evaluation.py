@@ -12,7 +12,7 @@ from rich.table import Table
 from selftrain import progress
 from selftrain.io import JsonlWriter, read_jsonl
 from selftrain.models import Student
-from selftrain.sampling import SamplingParams, generate
+from selftrain.sampling import Engine, SamplingParams, generate
 from selftrain.tasks.base import Example, Task
 
 
@@ -38,9 +38,13 @@ def evaluate(
     label: str = "eval",
     calculator: bool = False,
     stop: str | None = None,
+    engine: Engine | None = None,
 ) -> dict:
     """Greedy-decode every example and judge it. With ``out`` (a JSONL file), each answer is
-    appended as it is made and a rerun only decodes the examples not yet in the file."""
+    appended as it is made and a rerun only decodes the examples not yet in the file. With
+    several processes, each decodes and judges every ``world``-th example left, every process
+    gets every record, and rank 0 writes them."""
+    runtime = student.runtime
     done = {r["id"]: r for r in read_jsonl(out)} if out else {}
     todo = [e for e in examples if e.id not in done]
     by_id = {e.id: e for e in examples}
@@ -53,27 +57,31 @@ def evaluate(
             calculator=calculator,
             stop=stop,
         )
-        items = [(e.id, student.prompt_ids(task.prompt(e))) for e in todo]
+        items = [(e.id, student.prompt_ids(task.prompt(e))) for e in runtime.shard(todo)]
+
+        def judged(batch):
+            return [
+                {
+                    "id": qid,
+                    "completion": texts[0],
+                    "extracted": task.extract(texts[0]),
+                    "gold": by_id[qid].answer,
+                    "correct": task.is_correct(texts[0], by_id[qid]),
+                    "tokens": lengths[0],
+                }
+                for qid, texts, lengths in batch
+            ]
+
+        mine = (judged(b) for b in generate(student, items, params, engine))
         with (
-            JsonlWriter(out) if out else contextlib.nullcontext() as writer,
-            progress.bar(label, len(todo)) as bar,
+            JsonlWriter(out) if out and runtime.is_main else contextlib.nullcontext() as writer,
+            progress.bar(label, len(todo), enabled=runtime.is_main) as bar,
         ):
-            for batch in generate(student, items, params):
-                records = [
-                    {
-                        "id": qid,
-                        "completion": texts[0],
-                        "extracted": task.extract(texts[0]),
-                        "gold": by_id[qid].answer,
-                        "correct": task.is_correct(texts[0], by_id[qid]),
-                        "tokens": lengths[0],
-                    }
-                    for qid, texts, lengths in batch
-                ]
+            for records in runtime.gather_batches(mine):
                 done.update((r["id"], r) for r in records)
                 if writer is not None:
                     writer.write_many(records)
-                bar.advance(len(batch))
+                bar.advance(len(records))
     rows = [done[e.id] for e in examples]
     correct = sum(r["correct"] for r in rows)
     lo, hi = wilson_interval(correct, len(rows))

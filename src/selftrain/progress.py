@@ -55,12 +55,13 @@ def bar(description: str, total: float, enabled: bool = True) -> Iterator[Bar]:
         yield Bar(progress, progress.add_task(description, total=total, note=""))
 
 
-def setup_logging(logfile=None, verbose: bool = False) -> None:
-    """Log to stderr through rich and, when given, to ``logfile`` (appended)."""
+def setup_logging(logfile=None, verbose: bool = False, quiet: bool = False) -> None:
+    """Log to stderr through rich and, when given, to ``logfile`` (appended). ``quiet`` (the
+    processes other than rank 0 of a multi-process run): warnings and errors only."""
     from rich.logging import RichHandler
 
     root = logging.getLogger("selftrain")
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     for h in list(root.handlers):
         root.removeHandler(h)
     root.addHandler(RichHandler(console=console, show_path=False, markup=False))

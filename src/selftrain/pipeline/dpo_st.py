@@ -18,6 +18,7 @@ Every arm starts from the same warm-up checkpoint, which is trained once.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ import torch
 from selftrain import tasks
 from selftrain.config import DPOSTConfig, Recipe
 from selftrain.evaluation import evaluate
-from selftrain.io import JsonlWriter, read_jsonl, write_json_atomic, write_jsonl_atomic
+from selftrain.io import JsonlWriter, read_jsonl, write_jsonl_atomic, write_text_atomic
 from selftrain.models import Student
 from selftrain.pipeline.dpo_st_report import (
     calculator_table,
@@ -40,7 +41,8 @@ from selftrain.pipeline.dpo_st_report import (
 from selftrain.pipeline.rundir import RunDir
 from selftrain.preference import dpo_st_pairs, pseudo_label_pools
 from selftrain.progress import bar, console, log, setup_logging
-from selftrain.sampling import SamplingParams, generate
+from selftrain.runtime import Runtime
+from selftrain.sampling import Engine, SamplingParams, generate, make_engine
 from selftrain.tasks.base import Example, Task
 from selftrain.training.dpo import reference_logps, train_dpo
 from selftrain.training.sft import train_sft
@@ -64,7 +66,8 @@ class _Run:
     cfg: DPOSTConfig
     task: Task
     student: Student
-    base: dict[str, torch.Tensor]  # the base model's trainable weights
+    engine: Engine  # decodes every sampling and evaluation stage
+    base: dict[str, torch.Tensor]  # the base model's trainable weights (on the CPU)
     train: list[Example]
     evals: list[EvalSet]
     gold: dict[str, str]
@@ -96,33 +99,52 @@ def run(recipe: Recipe, run_dir: str | Path) -> dict:
     """Run (or resume) DPO-ST / self-training in ``run_dir``; return metrics.json's content."""
     if recipe.dpo_st is None or recipe.method == "srit":
         raise ValueError("dpo_st.run needs a recipe with method dpo_st or self_training")
-    rd = RunDir(run_dir, recipe)
-    setup_logging(rd / "log.txt")
+    runtime = Runtime.start(recipe.student.device)
+    rd = RunDir(run_dir, recipe, runtime)
+    main = runtime.is_main
+    setup_logging(rd / "log.txt" if main else None, quiet=not main)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
     task = tasks.get(recipe.task.name, **recipe.task.args)
     train, evals = _data(rd, task, recipe)
-    student = Student.load(recipe.student)  # after the seed: LoRA's initial weights are fixed
+    # after the seed: LoRA's initial weights are fixed
+    student = Student.load(recipe.student, runtime)
     run = _Run(
         rd=rd,
         recipe=recipe,
         cfg=recipe.dpo_st,
         task=task,
         student=student,
+        engine=make_engine(recipe.sampling.engine, recipe.sampling.vllm, runtime, rd / "vllm"),
         base=student.snapshot(),
         train=train,
         evals=evals,
         gold={e.id: _gold(task, e) for e in train[: recipe.dpo_st.gold_questions]},
     )
-    log.info(
-        "DPO-ST: arms %s, %d rounds, %d training questions (%d with a gold rationale)",
-        arms(recipe),
-        run.cfg.rounds,
-        len(train),
-        len(run.gold),
-    )
+    if main:
+        log.info(
+            "DPO-ST: arms %s, %d rounds, %d training questions (%d with a gold rationale); "
+            "%s; decoding with %s",
+            arms(recipe),
+            run.cfg.rounds,
+            len(train),
+            len(run.gold),
+            runtime.describe(),
+            run.engine.name,
+        )
+    try:
+        _stages(run)
+    finally:
+        run.engine.close()
+    if main:
+        _report(run, evals)
+    return rd.metrics
 
+
+def _stages(run: _Run) -> None:
+    """The warm-up, every arm's rounds and the calculator ablation, in order."""
+    rd, recipe = run.rd, run.recipe
     warm = rd / WARMUP / "model"
     if not rd.done("warmup.sft"):
         with rd.stage("warmup.sft"):
@@ -152,8 +174,12 @@ def run(recipe: Recipe, run_dir: str | Path) -> dict:
         for name, weights in finals.items():
             _calculator_ablation(run, name, weights)
 
+
+def _report(run: _Run, evals: list[EvalSet]) -> None:
+    """report.md, accuracy_by_round.png and the tables on the console (rank 0)."""
+    rd, recipe = run.rd, run.recipe
     report = report_markdown(rd.metrics, recipe, arms(recipe), [s.label for s in evals])
-    (rd / "report.md").write_text(report, encoding="utf-8")
+    write_text_atomic(rd / "report.md", report)
     plot_accuracy(rd.metrics, arms(recipe), [s.label for s in evals], rd / "accuracy_by_round.png")
     labels = [s.label for s in evals]
     console.print("accuracy (%, greedy) by round; round 0 is the shared warm-up")
@@ -163,7 +189,6 @@ def run(recipe: Recipe, run_dir: str | Path) -> dict:
         console.print("the calculator's effect (accuracy %, with / without)")
         console.print(calc, markup=False, soft_wrap=True)
     console.print(f"report: {rd / 'report.md'}; stage seconds: {rd.state['seconds']}")
-    return rd.metrics
 
 
 # ---- one round ---------------------------------------------------------------------------------
@@ -183,29 +208,8 @@ def _round(run: _Run, arm: str, r: int, sft_model: Path) -> Path:
         pairs_path = folder / "pairs.jsonl"
         if not rd.done(f"{prefix}.pairs"):
             with rd.stage(f"{prefix}.pairs"):
-                pools: dict[str, list[dict]] = {}
-                for earlier in range(1, r + 1):  # this round's samples and every earlier one's
-                    for row in read_jsonl(_round_dir(rd, arm, earlier) / "dpo_samples.jsonl"):
-                        pools.setdefault(row["id"], []).append(row)
-                pairs = dpo_st_pairs(
-                    pools,
-                    run.gold,
-                    m=cfg.pairs_per_question,
-                    threshold=cfg.similarity_threshold,
-                    tokens=run.tokens,
-                    seed=run.recipe.seed + r,
-                )
-                write_jsonl_atomic(pairs_path, pairs)
-                _put(
-                    rd,
-                    (*mkey, "pairs"),
-                    {
-                        "pairs": len(pairs),
-                        "questions": len({p["id"] for p in pairs}),
-                        "questions_skipped": len(run.train) - len({p["id"] for p in pairs}),
-                        "chosen_gold": sum(p["chosen_from"] == "gold" for p in pairs),
-                    },
-                )
+                if rd.runtime.is_main:
+                    _make_pairs(run, arm, r, pairs_path, mkey)
         pairs = read_jsonl(pairs_path)
         dpo_model = folder / "dpo" / "model"
         if not pairs:
@@ -235,39 +239,8 @@ def _round(run: _Run, arm: str, r: int, sft_model: Path) -> Path:
     sft_data = folder / "sft_data.jsonl"
     if not rd.done(f"{prefix}.sft_data"):
         with rd.stage(f"{prefix}.sft_data"):
-            correct: dict[str, list[str]] = {}
-            for earlier in range(1, r + 1):
-                for row in read_jsonl(_round_dir(rd, arm, earlier) / "sft_samples.jsonl"):
-                    if row["correct"]:
-                        correct.setdefault(row["id"], []).append(row["text"])
-            pools, cap = pseudo_label_pools(
-                correct,
-                run.gold,
-                threshold=cfg.similarity_threshold,
-                tokens=run.tokens,
-                cap=cfg.pseudo_label_cap,
-                percentile=cfg.cap_percentile,
-            )
-            rows = [
-                {"id": q, "text": t, "gold": t == run.gold.get(q)}
-                for q, ts in pools.items()
-                for t in ts
-            ]
-            write_jsonl_atomic(sft_data, rows)
-            pseudo = [x for x in rows if not x["gold"]]
-            _put(
-                rd,
-                (*mkey, "pseudo_labels"),
-                {
-                    "examples": len(rows),
-                    "pseudo_labels": len(pseudo),
-                    "questions_with_pseudo_labels": len({x["id"] for x in pseudo}),
-                    # answer-only questions (no gold rationale) that now have an SFT example
-                    "answer_only_covered": len({x["id"] for x in pseudo} - set(run.gold)),
-                    "answer_only_questions": len(run.train) - len(run.gold),
-                    "cap": cap,
-                },
-            )
+            if rd.runtime.is_main:
+                _make_sft_data(run, arm, r, sft_data, mkey)
     new_sft = folder / "sft" / "model"
     if not rd.done(f"{prefix}.sft"):
         with rd.stage(f"{prefix}.sft"):
@@ -283,6 +256,70 @@ def _round(run: _Run, arm: str, r: int, sft_model: Path) -> Path:
             _put(rd, (*mkey, "sft_training"), stats)
     _evaluate(run, prefix, new_sft, (*mkey, "eval"), f"{prefix}.eval")
     return new_sft
+
+
+def _make_pairs(run: _Run, arm: str, r: int, path: Path, mkey: tuple[str, ...]) -> None:
+    """DPO-ST's pairs from this round's samples and every earlier round's (rank 0)."""
+    rd, cfg = run.rd, run.cfg
+    pools: dict[str, list[dict]] = {}
+    for earlier in range(1, r + 1):  # this round's samples and every earlier one's
+        for row in read_jsonl(_round_dir(rd, arm, earlier) / "dpo_samples.jsonl"):
+            pools.setdefault(row["id"], []).append(row)
+    pairs = dpo_st_pairs(
+        pools,
+        run.gold,
+        m=cfg.pairs_per_question,
+        threshold=cfg.similarity_threshold,
+        tokens=run.tokens,
+        seed=run.recipe.seed + r,
+    )
+    write_jsonl_atomic(path, pairs)
+    _put(
+        rd,
+        (*mkey, "pairs"),
+        {
+            "pairs": len(pairs),
+            "questions": len({p["id"] for p in pairs}),
+            "questions_skipped": len(run.train) - len({p["id"] for p in pairs}),
+            "chosen_gold": sum(p["chosen_from"] == "gold" for p in pairs),
+        },
+    )
+
+
+def _make_sft_data(run: _Run, arm: str, r: int, path: Path, mkey: tuple[str, ...]) -> None:
+    """Gold rationales plus the correct, deduplicated self-samples of rounds 1..r (rank 0)."""
+    rd, cfg = run.rd, run.cfg
+    correct: dict[str, list[str]] = {}
+    for earlier in range(1, r + 1):
+        for row in read_jsonl(_round_dir(rd, arm, earlier) / "sft_samples.jsonl"):
+            if row["correct"]:
+                correct.setdefault(row["id"], []).append(row["text"])
+    pools, cap = pseudo_label_pools(
+        correct,
+        run.gold,
+        threshold=cfg.similarity_threshold,
+        tokens=run.tokens,
+        cap=cfg.pseudo_label_cap,
+        percentile=cfg.cap_percentile,
+    )
+    rows = [
+        {"id": q, "text": t, "gold": t == run.gold.get(q)} for q, ts in pools.items() for t in ts
+    ]
+    write_jsonl_atomic(path, rows)
+    pseudo = [x for x in rows if not x["gold"]]
+    _put(
+        rd,
+        (*mkey, "pseudo_labels"),
+        {
+            "examples": len(rows),
+            "pseudo_labels": len(pseudo),
+            "questions_with_pseudo_labels": len({x["id"] for x in pseudo}),
+            # answer-only questions (no gold rationale) that now have an SFT example
+            "answer_only_covered": len({x["id"] for x in pseudo} - set(run.gold)),
+            "answer_only_questions": len(run.train) - len(run.gold),
+            "cap": cap,
+        },
+    )
 
 
 def _round_dir(rd: RunDir, arm: str, r: int) -> Path:
@@ -321,27 +358,30 @@ def _data(rd: RunDir, task: Task, recipe: Recipe) -> tuple[list[Example], list[E
     data = rd / "data"
     if not rd.done("data"):
         with rd.stage("data"):
-            if cfg.dev_holdout:
-                pool = task.load("train")
-                if len(pool) <= cfg.dev_holdout:
-                    raise ValueError(
-                        f"dpo_st.dev_holdout {cfg.dev_holdout} leaves no training questions "
-                        f"(train has {len(pool)})"
+            if rd.runtime.is_main:
+                if cfg.dev_holdout:
+                    pool = task.load("train")
+                    if len(pool) <= cfg.dev_holdout:
+                        raise ValueError(
+                            f"dpo_st.dev_holdout {cfg.dev_holdout} leaves no training questions "
+                            f"(train has {len(pool)})"
+                        )
+                    dev = pool[len(pool) - cfg.dev_holdout :][: cfg.limit]
+                    train = pool[: len(pool) - cfg.dev_holdout][: _cap(cfg.n_questions, cfg.limit)]
+                    write_jsonl_atomic(data / "dev.jsonl", (e.to_dict() for e in dev))
+                else:
+                    train = task.load("train", _cap(cfg.n_questions, cfg.limit))
+                write_jsonl_atomic(data / "train.jsonl", (e.to_dict() for e in train))
+                for split in wanted:
+                    n = _cap(recipe.eval.n_per_split.get(split, recipe.eval.n), cfg.limit)
+                    write_jsonl_atomic(
+                        data / f"{split}.jsonl", (e.to_dict() for e in task.load(split, n))
                     )
-                dev = pool[len(pool) - cfg.dev_holdout :][: cfg.limit]
-                train = pool[: len(pool) - cfg.dev_holdout][: _cap(cfg.n_questions, cfg.limit)]
-                write_jsonl_atomic(data / "dev.jsonl", (e.to_dict() for e in dev))
-            else:
-                train = task.load("train", _cap(cfg.n_questions, cfg.limit))
-            write_jsonl_atomic(data / "train.jsonl", (e.to_dict() for e in train))
-            for split in wanted:
-                n = _cap(recipe.eval.n_per_split.get(split, recipe.eval.n), cfg.limit)
-                write_jsonl_atomic(
-                    data / f"{split}.jsonl", (e.to_dict() for e in task.load(split, n))
-                )
-            for t, label, other in zip(cfg.eval_tasks, labels, extra, strict=True):
-                rows = other.load(t.split, _cap(t.n, cfg.limit))
-                write_jsonl_atomic(data / "tasks" / f"{label}.jsonl", (e.to_dict() for e in rows))
+                for t, label, other in zip(cfg.eval_tasks, labels, extra, strict=True):
+                    rows = other.load(t.split, _cap(t.n, cfg.limit))
+                    write_jsonl_atomic(
+                        data / "tasks" / f"{label}.jsonl", (e.to_dict() for e in rows)
+                    )
 
     def read(path: Path) -> list[Example]:
         return [Example.from_dict(d) for d in read_jsonl(path)]
@@ -376,13 +416,15 @@ def _gold(task: Task, e: Example) -> str:
 
 def _sample(run: _Run, path: Path, weights: Path, k: int, seed: int, label: str) -> dict[str, Any]:
     """``k`` paths per training question from ``weights`` at the recipe's temperature, each
-    judged against the ground truth; appended per batch and resumed per question."""
-    student, cfg = run.student, run.cfg
+    judged against the ground truth; appended per batch and resumed per question (a path's
+    draws depend on the seed, its question and its index only). Several processes each
+    sample every ``world``-th question left; rank 0 writes every record."""
+    student, cfg, runtime = run.student, run.cfg, run.rd.runtime
     student.load_weights(weights)
     rows = read_jsonl(path)
     count = Counter(r["id"] for r in rows)
     complete = [r for r in rows if count[r["id"]] == k]
-    if len(complete) < len(rows):  # a kill mid-batch: redo those questions whole
+    if len(complete) < len(rows) and runtime.is_main:  # killed mid-batch: redo those whole
         write_jsonl_atomic(path, complete)
     have = {r["id"] for r in complete}
     todo = [e for e in run.train if e.id not in have]
@@ -394,24 +436,33 @@ def _sample(run: _Run, path: Path, weights: Path, k: int, seed: int, label: str)
         top_p=cfg.top_p,
         max_new_tokens=cfg.max_new_tokens,
         batch_size=cfg.sampling_batch_size,
-        seed=seed + len(have),
+        seed=seed,
         calculator=run.recipe.calculator,
     )
-    items = [(e.id, run.prompt_ids(e)) for e in todo]
-    with JsonlWriter(path) as w, bar(f"{label} sample k={k}", len(todo) * k) as b:
-        for batch in generate(student, items, params):
-            out = [
-                {
-                    "id": qid,
-                    "text": text,
-                    "correct": run.task.is_correct(text, by_id[qid]),
-                    "tokens": n,
-                }
-                for qid, texts, lengths in batch
-                for text, n in zip(texts, lengths, strict=True)
-            ]
-            w.write_many(out)
-            b.advance(len(out))
+    items = [(e.id, run.prompt_ids(e)) for e in runtime.shard(todo)]
+
+    def judged(batch):
+        return [
+            {
+                "id": qid,
+                "text": text,
+                "correct": run.task.is_correct(text, by_id[qid]),
+                "tokens": n,
+            }
+            for qid, texts, lengths in batch
+            for text, n in zip(texts, lengths, strict=True)
+        ]
+
+    if todo:
+        mine = (judged(b) for b in generate(student, items, params, run.engine))
+        with (
+            JsonlWriter(path) if runtime.is_main else contextlib.nullcontext() as w,
+            bar(f"{label} sample k={k}", len(todo) * k, enabled=runtime.is_main) as b,
+        ):
+            for records in runtime.gather_batches(mine):
+                if w is not None:
+                    w.write_many(records)
+                b.advance(len(records))
     return sample_stats(read_jsonl(path), k)
 
 
@@ -448,6 +499,7 @@ def _train_sft(
         data,
         lr=c.lr,
         batch_size=c.batch_size,
+        micro_batch_size=c.micro_batch_size,
         epochs=epochs,
         max_steps=min(c.max_steps, epochs * -(-len(data) // c.batch_size)) if c.max_steps else None,
         weight_decay=c.weight_decay,
@@ -480,7 +532,7 @@ def _train_dpo(run: _Run, pairs: Sequence[dict], sft_model: Path, out: Path, lab
     ref = reference_logps(student, tok)
     res = train_dpo(student, tok, run.cfg.dpo, seed=run.recipe.seed, ref=ref, label=f"{label} dpo")
     student.save(out)
-    write_json_atomic(out.parent / "history.json", res.history)
+    run.rd.write_json(out.parent.relative_to(run.rd.path) / "history.json", res.history)
     return {"pairs": len(pairs), "steps": res.steps, "last": res.history[-1]}
 
 
@@ -511,8 +563,10 @@ def _evaluate(
                 out=rd / "eval" / name / f"{s.label}.jsonl",
                 label=f"eval {name} {s.label}",
                 calculator=run.recipe.calculator if calculator is None else calculator,
+                engine=run.engine,
             )
-            log.info("%s %s: %s", name, s.label, result[s.label])
+            if rd.runtime.is_main:
+                log.info("%s %s: %s", name, s.label, result[s.label])
         _put(rd, key, result)
     return result
 

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from selftrain.config import Recipe
 from selftrain.io import read_json, write_json_atomic, write_text_atomic
 from selftrain.progress import log
+from selftrain.runtime import Runtime
 
 
 class RunDirError(RuntimeError):
@@ -21,14 +22,22 @@ class RunDirError(RuntimeError):
 
 
 class RunDir:
-    """A run directory is the source of truth: a stage marked done is never recomputed."""
+    """A run directory is the source of truth: a stage marked done is never recomputed.
 
-    def __init__(self, path: str | Path, recipe: Recipe):
+    With several processes every rank keeps the same state in memory, and only rank 0 writes:
+    a stage ends with a barrier, after which the other ranks read back what rank 0 wrote."""
+
+    def __init__(self, path: str | Path, recipe: Recipe, runtime: Runtime | None = None):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.runtime = runtime or Runtime.local()
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"{self.path} is a file, not a run directory")
+        if self.runtime.is_main:
+            self.path.mkdir(parents=True, exist_ok=True)
+        self.runtime.barrier()
         resolved = recipe.model_dump(mode="json")
         saved = self.path / "recipe.yaml"
-        if saved.exists():
+        if saved.exists():  # every rank checks, so every rank stops on a mismatch
             old = _with_defaults(yaml.safe_load(saved.read_text(encoding="utf-8")))
             # a key the saved recipe lacks reads as its default (or null): run dirs made before
             # a key or section (such as dpo_st) was added to the schema still resume
@@ -39,15 +48,24 @@ class RunDir:
                     f"{', '.join(diff[:8])}); resume it with the same recipe or use another "
                     "--run-dir"
                 )
-        else:
+        elif self.runtime.is_main:
             write_text_atomic(saved, yaml.safe_dump(resolved, sort_keys=False))
+        self.runtime.barrier()
+        if not saved.exists():
+            raise RunDirError(
+                f"rank {self.runtime.rank} cannot see {saved}, which rank 0 wrote: with several "
+                "machines the run directory must be on a filesystem every machine shares"
+            )
         self._state_path = self.path / "state.json"
+        self._metrics_path = self.path / "metrics.json"
+        self._read()
+
+    def _read(self) -> None:
         self.state: dict[str, Any] = (
             read_json(self._state_path)
             if self._state_path.exists()
             else {"done": [], "seconds": {}}
         )
-        self._metrics_path = self.path / "metrics.json"
         self.metrics: dict[str, Any] = (
             read_json(self._metrics_path) if self._metrics_path.exists() else {}
         )
@@ -60,8 +78,11 @@ class RunDir:
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        """Time a stage (seconds add up across resumed attempts) and mark it done on success."""
-        log.info("stage %s", name)
+        """Time a stage (seconds add up across resumed attempts) and mark it done on success.
+        Work inside that only rank 0 does (``if rd.runtime.is_main``) is seen by the other
+        ranks once the stage has ended."""
+        if self.runtime.is_main:
+            log.info("stage %s", name)
         start = time.monotonic()
         try:
             yield
@@ -73,14 +94,24 @@ class RunDir:
         self._save_state()
         if self.metrics:  # keep metrics.json's timings complete, this stage's included
             self.set_metric("stage_seconds", dict(self.state["seconds"]))
+        self.runtime.barrier()
+        if not self.runtime.is_main:
+            self._read()
 
     def set_metric(self, key: str, value: Any) -> None:
         self.metrics[key] = value
         self.metrics["stage_seconds"] = dict(self.state["seconds"])
-        write_json_atomic(self._metrics_path, self.metrics)
+        if self.runtime.is_main:
+            write_json_atomic(self._metrics_path, self.metrics)
+
+    def write_json(self, relative: str | Path, obj: Any) -> None:
+        """Write a JSON file of the run (rank 0 only)."""
+        if self.runtime.is_main:
+            write_json_atomic(self.path / relative, obj)
 
     def _save_state(self) -> None:
-        write_json_atomic(self._state_path, self.state)
+        if self.runtime.is_main:
+            write_json_atomic(self._state_path, self.state)
 
 
 def _with_defaults(saved: Any) -> Any:

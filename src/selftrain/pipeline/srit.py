@@ -9,6 +9,7 @@ questions itself, rewards its paths by the ground truth and runs DPO against the
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -18,24 +19,28 @@ import torch
 from selftrain import tasks
 from selftrain.config import Recipe
 from selftrain.evaluation import accuracy_table, evaluate
-from selftrain.io import JsonlWriter, read_jsonl, write_json_atomic, write_jsonl_atomic
+from selftrain.io import JsonlWriter, read_jsonl, write_jsonl_atomic
 from selftrain.models import Student
 from selftrain.pipeline.rundir import RunDir
 from selftrain.preference import correct_vs_wrong, cot_vs_direct, to_first_divergence
 from selftrain.progress import bar, console, log, setup_logging
-from selftrain.sampling import SamplingParams, generate
+from selftrain.runtime import Runtime
+from selftrain.sampling import Engine, SamplingParams, generate, make_engine
 from selftrain.tasks.base import Example, Task
 from selftrain.teachers import TeacherError, build_teacher, kept_demos, prices_of, run_demos
 from selftrain.training.dpo import reference_logps, train_dpo
-from selftrain.training.sft import train_sft, validation_loss
+from selftrain.training.sft import SFTResult, train_sft, validation_loss
 
 MODELS = ("base", "sft", "sft_more", "dpo")
 
 
 def run(recipe: Recipe, run_dir: str | Path) -> dict:
-    """Run (or resume) the SRIT recipe in ``run_dir``; return metrics.json's content."""
-    rd = RunDir(run_dir, recipe)
-    setup_logging(rd / "log.txt")
+    """Run (or resume) the SRIT recipe in ``run_dir``; return metrics.json's content. Under
+    ``accelerate launch`` every process runs this, and rank 0 writes the run directory."""
+    runtime = Runtime.start(recipe.student.device)
+    rd = RunDir(run_dir, recipe, runtime)
+    main = runtime.is_main
+    setup_logging(rd / "log.txt" if main else None, quiet=not main)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
@@ -46,16 +51,34 @@ def run(recipe: Recipe, run_dir: str | Path) -> dict:
             f"no training questions to sample: the train split has {len(splits['train'])} "
             f"and sampling.offset is {recipe.sampling.offset} (recipe key sampling.offset)"
         )
-    student = Student.load(recipe.student)
-    log.info(
-        "student %s: %.1fM parameters, %.2fM trainable",
-        recipe.student.model,
-        sum(p.numel() for p in student.model.parameters()) / 1e6,
-        sum(p.numel() for p in student.trainable_parameters()) / 1e6,
-    )
+    student = Student.load(recipe.student, runtime)
+    engine = make_engine(recipe.sampling.engine, recipe.sampling.vllm, runtime, rd / "vllm")
+    if main:
+        log.info(
+            "student %s: %.1fM parameters, %.2fM trainable; %s; decoding with %s",
+            recipe.student.model,
+            sum(p.numel() for p in student.model.parameters()) / 1e6,
+            sum(p.numel() for p in student.trainable_parameters()) / 1e6,
+            runtime.describe(),
+            engine.name,
+        )
+    try:
+        _stages(rd, recipe, task, splits, student, engine)
+    finally:
+        engine.close()
+    if main:
+        console.print(accuracy_table(rd.metrics, MODELS, recipe.eval.splits))
+        console.print(f"stage seconds: {rd.state['seconds']}")
+        console.print(f"metrics: {rd / 'metrics.json'}")
+    return rd.metrics
 
+
+def _stages(
+    rd: RunDir, recipe: Recipe, task: Task, splits: dict, student: Student, engine: Engine
+) -> None:
+    """The recipe's stages in order, each skipped when the run directory marks it done."""
     if recipe.eval.evaluate_base:
-        _evaluate_stage(rd, "base", student, task, splits, recipe, n=recipe.eval.base_n)
+        _evaluate_stage(rd, "base", student, task, splits, recipe, engine, n=recipe.eval.base_n)
 
     demos = _demos(rd, task, splits["train"], recipe)
     sft_data = [
@@ -65,52 +88,17 @@ def run(recipe: Recipe, run_dir: str | Path) -> dict:
 
     if not rd.done("sft"):
         with rd.stage("sft"):
-            val = splits["validation"][: recipe.sft.val_questions]
-            val_data = [
-                (student.prompt_ids(task.prompt(e)), student.completion_ids(e.rationale))
-                for e in val
-                if e.rationale
-            ]
-
-            def validate() -> dict:
-                acc = evaluate(
-                    student,
-                    task,
-                    val,
-                    max_new_tokens=recipe.sft.max_new_tokens,
-                    batch_size=recipe.eval.batch_size,
-                    label="sft validation",
-                    calculator=recipe.calculator,
-                )
-                out = {"accuracy": acc["accuracy"]}
-                if val_data:
-                    out["loss"] = round(validation_loss(student, val_data), 4)
-                return out
-
-            c = recipe.sft
-            res = train_sft(
-                student,
-                sft_data,
-                lr=c.lr,
-                batch_size=c.batch_size,
-                epochs=c.max_epochs,
-                weight_decay=c.weight_decay,
-                warmup_ratio=c.warmup_ratio,
-                grad_clip=c.grad_clip,
-                seed=recipe.seed,
-                validate=validate,
-                eval_every=c.eval_every,
-                patience=c.patience,
-            )
+            res = _train_sft(rd, student, task, splits, recipe, engine, sft_data)
             student.save(rd / "sft" / "model")
-            write_json_atomic(rd / "sft" / "history.json", res.history)
+            rd.write_json("sft/history.json", res.history)
             rd.set_metric(
                 "sft_training",
                 {"steps": res.steps, "best_step": res.best_step, "examples": len(sft_data)},
             )
-    _evaluate_stage(rd, "sft", student, task, splits, recipe, weights=rd / "sft" / "model")
+    sft = rd / "sft" / "model"
+    _evaluate_stage(rd, "sft", student, task, splits, recipe, engine, weights=sft)
 
-    samples = _samples(rd, student, task, splits["train"], recipe)
+    samples = _samples(rd, student, task, splits["train"], recipe, engine)
     pairs = _pairs(rd, samples, {qid: texts[0] for qid, texts in demos.items()}, recipe)
 
     dpo_steps = rd.metrics.get("dpo_training", {}).get("steps", 0)
@@ -121,59 +109,97 @@ def run(recipe: Recipe, run_dir: str | Path) -> dict:
         )
         log.warning(msg)
         rd.set_metric("dpo", {"skipped": msg})
-    else:
-        if not rd.done("dpo"):
-            with rd.stage("dpo"):
-                student.load_weights(rd / "sft" / "model")
-                train = {e.id: e for e in splits["train"]}
-                tok = [
-                    (
-                        student.prompt_ids(task.prompt(train[p["id"]])),
-                        student.completion_ids(p["chosen"]),
-                        student.completion_ids(
-                            p["rejected"], eos=not p.get("rejected_truncated", False)
-                        ),
-                    )
-                    for p in pairs
-                ]
-                ref = reference_logps(student, tok)
-                res = train_dpo(student, tok, recipe.dpo, seed=recipe.seed, ref=ref)
-                student.save(rd / "dpo" / "model")
-                write_json_atomic(rd / "dpo" / "history.json", res.history)
-                dpo_steps = res.steps
-                rd.set_metric(
-                    "dpo_training",
-                    {"steps": res.steps, "pairs": len(pairs), "last": res.history[-1]},
+        return
+    if not rd.done("dpo"):
+        with rd.stage("dpo"):
+            student.load_weights(sft)
+            train = {e.id: e for e in splits["train"]}
+            tok = [
+                (
+                    student.prompt_ids(task.prompt(train[p["id"]])),
+                    student.completion_ids(p["chosen"]),
+                    student.completion_ids(
+                        p["rejected"], eos=not p.get("rejected_truncated", False)
+                    ),
                 )
-        _evaluate_stage(rd, "dpo", student, task, splits, recipe, weights=rd / "dpo" / "model")
-
-        if recipe.sft_more:
-            if not rd.done("sft_more_train"):
-                with rd.stage("sft_more_train"):
-                    student.load_weights(rd / "sft" / "model")
-                    c = recipe.sft
-                    train_sft(
-                        student,
-                        sft_data,
-                        lr=c.lr,
-                        batch_size=c.batch_size,
-                        max_steps=dpo_steps,
-                        weight_decay=c.weight_decay,
-                        warmup_ratio=c.warmup_ratio,
-                        grad_clip=c.grad_clip,
-                        seed=recipe.seed + 1,
-                        label="sft_more",
-                    )
-                    student.save(rd / "sft_more" / "model")
-                    rd.set_metric("sft_more_training", {"steps": dpo_steps})
-            _evaluate_stage(
-                rd, "sft_more", student, task, splits, recipe, weights=rd / "sft_more" / "model"
+                for p in pairs
+            ]
+            ref = reference_logps(student, tok)
+            res = train_dpo(student, tok, recipe.dpo, seed=recipe.seed, ref=ref)
+            student.save(rd / "dpo" / "model")
+            rd.write_json("dpo/history.json", res.history)
+            dpo_steps = res.steps
+            rd.set_metric(
+                "dpo_training", {"steps": res.steps, "pairs": len(pairs), "last": res.history[-1]}
             )
+    dpo = rd / "dpo" / "model"
+    _evaluate_stage(rd, "dpo", student, task, splits, recipe, engine, weights=dpo)
 
-    console.print(accuracy_table(rd.metrics, MODELS, recipe.eval.splits))
-    console.print(f"stage seconds: {rd.state['seconds']}")
-    console.print(f"metrics: {rd / 'metrics.json'}")
-    return rd.metrics
+    if recipe.sft_more:
+        if not rd.done("sft_more_train"):
+            with rd.stage("sft_more_train"):
+                student.load_weights(sft)
+                c = recipe.sft
+                train_sft(
+                    student,
+                    sft_data,
+                    lr=c.lr,
+                    batch_size=c.batch_size,
+                    micro_batch_size=c.micro_batch_size,
+                    max_steps=dpo_steps,
+                    weight_decay=c.weight_decay,
+                    warmup_ratio=c.warmup_ratio,
+                    grad_clip=c.grad_clip,
+                    seed=recipe.seed + 1,
+                    label="sft_more",
+                )
+                student.save(rd / "sft_more" / "model")
+                rd.set_metric("sft_more_training", {"steps": dpo_steps})
+        more = rd / "sft_more" / "model"
+        _evaluate_stage(rd, "sft_more", student, task, splits, recipe, engine, weights=more)
+
+
+def _train_sft(rd, student, task, splits, recipe: Recipe, engine: Engine, sft_data) -> SFTResult:
+    """Stage 1: SFT on the kept demonstrations, stopped when validation accuracy stalls."""
+    val = splits["validation"][: recipe.sft.val_questions]
+    val_data = [
+        (student.prompt_ids(task.prompt(e)), student.completion_ids(e.rationale))
+        for e in val
+        if e.rationale
+    ]
+
+    def validate() -> dict:
+        acc = evaluate(
+            student,
+            task,
+            val,
+            max_new_tokens=recipe.sft.max_new_tokens,
+            batch_size=recipe.eval.batch_size,
+            label="sft validation",
+            calculator=recipe.calculator,
+            engine=engine,
+        )
+        out = {"accuracy": acc["accuracy"]}
+        if val_data:
+            out["loss"] = round(validation_loss(student, val_data), 4)
+        return out
+
+    c = recipe.sft
+    return train_sft(
+        student,
+        sft_data,
+        lr=c.lr,
+        batch_size=c.batch_size,
+        micro_batch_size=c.micro_batch_size,
+        epochs=c.max_epochs,
+        weight_decay=c.weight_decay,
+        warmup_ratio=c.warmup_ratio,
+        grad_clip=c.grad_clip,
+        seed=recipe.seed,
+        validate=validate,
+        eval_every=c.eval_every,
+        patience=c.patience,
+    )
 
 
 # ---- stages ----------------------------------------------------------------------------------
@@ -191,13 +217,12 @@ def _data(rd: RunDir, task: Task, recipe: Recipe) -> dict[str, list[Example]]:
             n_train = max(
                 recipe.teacher.n_questions, recipe.sampling.offset + recipe.sampling.n_questions
             )
-            for split in sorted(needed):
+            for split in sorted(needed) if rd.runtime.is_main else []:
                 n = {"train": n_train, "validation": recipe.sft.val_questions}.get(
                     split, recipe.eval.n_per_split.get(split, recipe.eval.n)
                 )
                 examples = task.load(split, n)
-                with JsonlWriter(rd / "data" / f"{split}.jsonl") as w:
-                    w.write_many(e.to_dict() for e in examples)
+                write_jsonl_atomic(rd / "data" / f"{split}.jsonl", (e.to_dict() for e in examples))
     return {
         s: [Example.from_dict(d) for d in read_jsonl(rd / "data" / f"{s}.jsonl")] for s in needed
     }
@@ -210,6 +235,7 @@ def _evaluate_stage(
     task: Task,
     splits: dict,
     recipe: Recipe,
+    engine: Engine,
     n: int | None = None,
     weights: Path | None = None,
 ) -> None:
@@ -231,8 +257,10 @@ def _evaluate_stage(
                 out=rd / "eval" / name / f"{split}.jsonl",
                 label=f"eval {name} {split}",
                 calculator=recipe.calculator,
+                engine=engine,
             )
-            log.info("%s %s: %s", name, split, result[split])
+            if rd.runtime.is_main:
+                log.info("%s %s: %s", name, split, result[split])
         rd.set_metric(name, result)
 
 
@@ -243,24 +271,30 @@ def _demos(rd: RunDir, task: Task, train: list[Example], recipe: Recipe) -> dict
     path = rd / "demos.jsonl"
     if not rd.done("demos"):
         with rd.stage("demos"):
-            t = recipe.teacher
-            stats = run_demos(
-                build_teacher(t, task, seed=recipe.seed),
-                task,
-                train[: t.n_questions],
-                path,
-                n_per_question=t.n_per_question,
-                system_prompt=t.system_prompt,
-                cache_dir=t.cache_dir,
-                prices=prices_of(t),
-            )
-            if stats["failed"]:
-                raise TeacherError(
-                    f"{stats['failed']} teacher requests failed after their retries (see "
-                    f"{path}); run the same command again to ask for them"
-                )
-            rd.set_metric("demos", stats)
+            if rd.runtime.is_main:  # the teacher asks once; the other ranks read its answers
+                _ask_teacher(rd, task, train, recipe, path)
     return kept_demos(read_jsonl(path))
+
+
+def _ask_teacher(rd: RunDir, task: Task, train: list[Example], recipe: Recipe, path: Path) -> None:
+    """Ask the recipe's teacher and write down its demonstrations (rank 0)."""
+    t = recipe.teacher
+    stats = run_demos(
+        build_teacher(t, task, seed=recipe.seed),
+        task,
+        train[: t.n_questions],
+        path,
+        n_per_question=t.n_per_question,
+        system_prompt=t.system_prompt,
+        cache_dir=t.cache_dir,
+        prices=prices_of(t),
+    )
+    if stats["failed"]:
+        raise TeacherError(
+            f"{stats['failed']} teacher requests failed after their retries (see "
+            f"{path}); run the same command again to ask for them"
+        )
+    rd.set_metric("demos", stats)
 
 
 def _demo_examples(train: list[Example], demos: dict[str, list[str]]) -> list[tuple[Example, str]]:
@@ -269,15 +303,18 @@ def _demo_examples(train: list[Example], demos: dict[str, list[str]]) -> list[tu
 
 
 def _samples(
-    rd: RunDir, student: Student, task: Task, train: list[Example], recipe: Recipe
+    rd: RunDir, student: Student, task: Task, train: list[Example], recipe: Recipe, engine: Engine
 ) -> dict[str, dict[str, list[dict]]]:
     """k sampled paths per training question (CoT; also direct answers for cot_vs_direct),
-    each judged against the ground truth; appended per batch, resumed per question."""
+    each judged against the ground truth; appended per batch, resumed per question. A path's
+    draws depend on the seed, its question and its index only, so a resumed or multi-process
+    stage samples what one uninterrupted process would have."""
     styles = ["cot"] + (["direct"] if recipe.pairs.policy == "cot_vs_direct" else [])
     first = recipe.sampling.offset
     questions = train[first : first + recipe.sampling.n_questions]
     by_id = {e.id: e for e in questions}
     path = rd / "samples.jsonl"
+    runtime = rd.runtime
     if not rd.done("samples"):
         with rd.stage("samples"):
             student.load_weights(rd / "sft" / "model")
@@ -286,11 +323,13 @@ def _samples(
             rows = read_jsonl(path)
             count = Counter((r["style"], r["id"]) for r in rows)
             complete = [r for r in rows if count[r["style"], r["id"]] == want[r["style"]]]
-            if len(complete) < len(rows):  # a kill mid-batch: redo those questions whole
+            if len(complete) < len(rows) and runtime.is_main:  # killed mid-batch: redo whole
                 write_jsonl_atomic(path, complete)
             for style in styles:
                 have = {r["id"] for r in complete if r["style"] == style}
                 todo = [e for e in questions if e.id not in have]
+                if not todo:
+                    continue
                 k = s.k if style == "cot" else 1
                 params = SamplingParams(
                     k=k,
@@ -299,29 +338,36 @@ def _samples(
                     top_p=s.top_p,
                     max_new_tokens=s.max_new_tokens,
                     batch_size=s.batch_size,
-                    seed=recipe.seed + len(have),
+                    seed=recipe.seed + (0 if style == "cot" else 1),
                     calculator=recipe.calculator,
                 )
                 items = [
-                    (e.id, student.prompt_ids(_styled(task.prompt(e), style, recipe))) for e in todo
+                    (e.id, student.prompt_ids(_styled(task.prompt(e), style, recipe)))
+                    for e in runtime.shard(todo)
                 ]
-                with JsonlWriter(path) as w, bar(f"sample {style}", len(todo) * k) as b:
-                    for batch in generate(student, items, params):
-                        rows = []
-                        for qid, texts, lengths in batch:
-                            for text, n in zip(texts, lengths, strict=True):
-                                ok = task.is_correct(text, by_id[qid])
-                                rows.append(
-                                    {
-                                        "id": qid,
-                                        "style": style,
-                                        "text": text,
-                                        "correct": ok,
-                                        "tokens": n,
-                                    }
-                                )
-                        w.write_many(rows)
-                        b.advance(len(rows))
+
+                def judged(batch, style=style):
+                    return [
+                        {
+                            "id": qid,
+                            "style": style,
+                            "text": text,
+                            "correct": task.is_correct(text, by_id[qid]),
+                            "tokens": n,
+                        }
+                        for qid, texts, lengths in batch
+                        for text, n in zip(texts, lengths, strict=True)
+                    ]
+
+                mine = (judged(b) for b in generate(student, items, params, engine))
+                with (
+                    JsonlWriter(path) if runtime.is_main else contextlib.nullcontext() as w,
+                    bar(f"sample {style}", len(todo) * k, enabled=runtime.is_main) as b,
+                ):
+                    for records in runtime.gather_batches(mine):
+                        if w is not None:
+                            w.write_many(records)
+                        b.advance(len(records))
             rd.set_metric("samples", _sample_stats(read_jsonl(path), recipe.sampling.k))
     out: dict[str, dict[str, list[dict]]] = {s: {} for s in styles}
     for r in read_jsonl(path):
@@ -353,35 +399,41 @@ def _pairs(rd: RunDir, samples: dict, demos: dict[str, str], recipe: Recipe) -> 
     path = rd / "pairs.jsonl"
     if not rd.done("pairs"):
         with rd.stage("pairs"):
-            p = recipe.pairs
-            if p.policy == "correct_vs_wrong":
-                pairs = correct_vs_wrong(
-                    samples["cot"],
-                    demos,
-                    max_pairs=p.max_pairs_per_question,
-                    teacher_fallback=p.teacher_fallback,
-                    seed=recipe.seed,
-                )
-                if p.truncate_rejected:
-                    for x in pairs:
-                        cut = to_first_divergence(x["chosen"], x["rejected"])
-                        x["rejected_truncated"] = cut != x["rejected"]
-                        x["rejected_full"], x["rejected"] = x["rejected"], cut
-            else:
-                pairs = cot_vs_direct(
-                    samples["cot"],
-                    samples["direct"],
-                    max_pairs=p.max_pairs_per_question,
-                    seed=recipe.seed,
-                )
-            write_jsonl_atomic(path, pairs)
-            rd.set_metric(
-                "pairs",
-                {
-                    "pairs": len(pairs),
-                    "questions": len({x["id"] for x in pairs}),
-                    "chosen_from_teacher": sum(x["chosen_from"] == "teacher" for x in pairs),
-                    "rejected_truncated": sum(x.get("rejected_truncated", False) for x in pairs),
-                },
-            )
+            if rd.runtime.is_main:
+                _make_pairs(rd, samples, demos, recipe, path)
     return read_jsonl(path)
+
+
+def _make_pairs(rd: RunDir, samples: dict, demos: dict[str, str], recipe: Recipe, path: Path):
+    """Preference pairs from the judged samples, written to ``path`` (rank 0)."""
+    p = recipe.pairs
+    if p.policy == "correct_vs_wrong":
+        pairs = correct_vs_wrong(
+            samples["cot"],
+            demos,
+            max_pairs=p.max_pairs_per_question,
+            teacher_fallback=p.teacher_fallback,
+            seed=recipe.seed,
+        )
+        if p.truncate_rejected:
+            for x in pairs:
+                cut = to_first_divergence(x["chosen"], x["rejected"])
+                x["rejected_truncated"] = cut != x["rejected"]
+                x["rejected_full"], x["rejected"] = x["rejected"], cut
+    else:
+        pairs = cot_vs_direct(
+            samples["cot"],
+            samples["direct"],
+            max_pairs=p.max_pairs_per_question,
+            seed=recipe.seed,
+        )
+    write_jsonl_atomic(path, pairs)
+    rd.set_metric(
+        "pairs",
+        {
+            "pairs": len(pairs),
+            "questions": len({x["id"] for x in pairs}),
+            "chosen_from_teacher": sum(x["chosen_from"] == "teacher" for x in pairs),
+            "rejected_truncated": sum(x.get("rejected_truncated", False) for x in pairs),
+        },
+    )

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from selftrain import progress
 from selftrain.config import DPOConfig
 from selftrain.models import Student
-from selftrain.training.loop import batches, optimizer_and_schedule, pair_logps
+from selftrain.training.loop import batches, can_pack_pairs, pair_logps, scorer_of
+from selftrain.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +58,23 @@ def preference_loss(
 
 @torch.no_grad()
 def reference_logps(student: Student, pairs: Sequence[Pair], batch_size: int = 16) -> torch.Tensor:
-    """[n_pairs, 2] summed log-probs of (chosen, rejected) under the current weights."""
+    """[n_pairs, 2] summed log-probs of (chosen, rejected) under the current weights. Pairs
+    go in batches of similar length; with several processes each computes every
+    ``world``-th batch and all of them get every result."""
     student.model.eval()
-    out = []
+    runtime = student.runtime
+    scorer, pack = scorer_of(student), can_pack_pairs(student.model)
     order = sorted(range(len(pairs)), key=lambda i: sum(map(len, pairs[i])))  # little padding
-    for i in range(0, len(pairs), batch_size):
-        chunk = [pairs[j] for j in order[i : i + batch_size]]
-        logp, _ = pair_logps(student, chunk)
-        out.append(torch.stack([logp[: len(chunk)], logp[len(chunk) :]], dim=1).float().cpu())
-    if not out:
-        return torch.zeros((0, 2))
-    ref = torch.empty((len(pairs), 2))
-    ref[torch.tensor(order)] = torch.cat(out)
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    mine: dict[int, torch.Tensor] = {}
+    for chunk in runtime.shard(chunks):
+        logp, _ = pair_logps(scorer, [pairs[j] for j in chunk], student.pad_id, pack)
+        both = torch.stack([logp[: len(chunk)], logp[len(chunk) :]], dim=1).float().cpu()
+        mine.update(zip(chunk, both, strict=True))
+    ref = torch.zeros((len(pairs), 2))
+    for part in runtime.all_gather(mine):
+        for j, row in part.items():
+            ref[j] = row
     return ref
 
 
@@ -81,7 +87,9 @@ def train_dpo(
     ref: torch.Tensor | None = None,
     label: str = "dpo",
 ) -> DPOResult:
-    """Train the student on ``pairs``; ``ref`` are precomputed reference log-probs."""
+    """Train the student on ``pairs``; ``ref`` are precomputed reference log-probs.
+    ``cfg.batch_size`` pairs per optimizer step over all processes, in micro-batches of
+    ``cfg.micro_batch_size`` (see :mod:`selftrain.training.trainer`)."""
     if not pairs:
         raise ValueError(f"{label}: no preference pairs")
     if ref is None:
@@ -90,54 +98,68 @@ def train_dpo(
     lengths = [len(p) + max(len(c), len(r)) for p, c, r in pairs]
     per_epoch = math.ceil(len(pairs) / cfg.batch_size)
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * per_epoch
-    opt, sched = optimizer_and_schedule(
-        student.trainable_parameters(), cfg.lr, cfg.weight_decay, total, cfg.warmup_ratio
+    trainer = Trainer(
+        student,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        total=total,
+        warmup_ratio=cfg.warmup_ratio,
+        grad_clip=cfg.grad_clip,
+        micro_batch_size=cfg.micro_batch_size,
     )
+    pack = can_pack_pairs(student.model)
+
+    def loss_of(module, items: list[int]):
+        chunk = [pairs[i] for i in items]
+        logp, count = pair_logps(module, chunk, student.pad_id, pack)  # chosen then rejected
+        n = len(chunk)
+        pi_c, pi_r = logp[:n], logp[n:]
+        ref_c, ref_r = ref[items, 0].to(logp.device), ref[items, 1].to(logp.device)
+        loss = preference_loss(pi_c, pi_r, ref_c, ref_r, cfg.beta, cfg.loss, cfg.dpop_lambda).sum()
+        if cfg.nll_weight > 0:
+            loss = loss + cfg.nll_weight * (-(pi_c / count[:n])).sum()
+        with torch.no_grad():
+            margin = (pi_c - ref_c) - (pi_r - ref_r)
+            stats = {
+                "loss": loss,
+                "correct": (margin > 0).sum(),
+                "margin": margin.sum(),
+                "chosen": (pi_c - ref_c).sum(),
+                "rejected": (pi_r - ref_r).sum(),
+            }
+        return loss, stats
+
     result = DPOResult(steps=0)
     plan: list[list[int]] = []
-    student.model.train()
-    with progress.bar(label, total) as bar:
+    with progress.bar(label, total, enabled=student.runtime.is_main) as bar:
         while result.steps < total:
             if not plan:
                 plan = batches(len(pairs), cfg.batch_size, rng, lengths)
             idx = plan.pop(0)
-            chunk = [pairs[i] for i in idx]
-            logp, count = pair_logps(student, chunk)  # chosen then rejected
-            n = len(chunk)
-            pi_c, pi_r = logp[:n], logp[n:]
-            ref_c, ref_r = ref[idx, 0].to(logp.device), ref[idx, 1].to(logp.device)
-            losses = preference_loss(pi_c, pi_r, ref_c, ref_r, cfg.beta, cfg.loss, cfg.dpop_lambda)
-            loss = losses.mean()
-            if cfg.nll_weight > 0:
-                loss = loss + cfg.nll_weight * (-(pi_c / count[:n]).mean())
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.trainable_parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            s = trainer.step(idx, loss_of, norm=len(idx))
+            n = len(idx)
             result.steps += 1
-            with torch.no_grad():
-                margin = (pi_c - ref_c) - (pi_r - ref_r)
-                entry = {
-                    "step": result.steps,
-                    "loss": round(loss.item(), 4),
-                    "reward_accuracy": round((margin > 0).float().mean().item(), 3),
-                    "margin": round(cfg.beta * margin.mean().item(), 4),
-                    # watch this: DPO can push the chosen answers' likelihood down too
-                    "chosen_logp_change": round((pi_c - ref_c).mean().item(), 3),
-                    "rejected_logp_change": round((pi_r - ref_r).mean().item(), 3),
-                }
+            entry = {
+                "step": result.steps,
+                "loss": round(s["loss"] / n, 4),
+                "reward_accuracy": round(s["correct"] / n, 3),
+                "margin": round(cfg.beta * s["margin"] / n, 4),
+                # watch this: DPO can push the chosen answers' likelihood down too
+                "chosen_logp_change": round(s["chosen"] / n, 3),
+                "rejected_logp_change": round(s["rejected"] / n, 3),
+            }
             result.history.append(entry)
             bar.advance()
             bar.note(f"loss {entry['loss']:.3f} acc {entry['reward_accuracy']:.2f}")
-    student.model.eval()
+    trainer.finish()
     last = result.history[-min(10, len(result.history)) :]
-    log.info(
-        "%s: %d steps; last steps: reward acc %.2f, chosen logp change %.2f, rejected %.2f",
-        label,
-        result.steps,
-        sum(e["reward_accuracy"] for e in last) / len(last),
-        sum(e["chosen_logp_change"] for e in last) / len(last),
-        sum(e["rejected_logp_change"] for e in last) / len(last),
-    )
+    if student.runtime.is_main:
+        log.info(
+            "%s: %d steps; last steps: reward acc %.2f, chosen logp change %.2f, rejected %.2f",
+            label,
+            result.steps,
+            sum(e["reward_accuracy"] for e in last) / len(last),
+            sum(e["chosen_logp_change"] for e in last) / len(last),
+            sum(e["rejected_logp_change"] for e in last) / len(last),
+        )
     return result

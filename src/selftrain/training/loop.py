@@ -1,13 +1,13 @@
-"""Pieces shared by the SFT and DPO loops: batching, log-probs, optimizer and schedule."""
+"""Pieces shared by the SFT and DPO loops: batching and log-probs."""
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from selftrain.models import Student
 
@@ -30,30 +30,70 @@ def collate(
     return ids.to(device), mask.to(device), labels.to(device)
 
 
-def token_logps(
-    student: Student, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sequence: the summed log-probability of the labelled tokens, and their count.
+class TokenScorer(nn.Module):
+    """The log-probabilities of chosen tokens under a causal LM, as one module ``forward``, so
+    that DDP and FSDP (which hook into a module's forward) can wrap it.
 
     The output layer (49k x 576 for SmolLM2: a fifth of the model's compute per token) is
-    applied only where a label is, not over the prompt and padding as a plain forward would.
-    """
+    applied only at the positions that predict a scored token, not over the prompt and the
+    padding as the model's own forward would."""
+
+    def __init__(self, model: nn.Module, autocast: bool = False):
+        super().__init__()
+        self.model = model
+        self.autocast = autocast
+        # what accelerate's FSDP2 wrapping reads off a transformers model
+        self._no_split_modules = getattr(model, "_no_split_modules", None)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.model.get_output_embeddings()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        rows: torch.Tensor,
+        src: torch.Tensor,
+        targets: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``[n]`` log-probability of token ``targets[i]`` predicted from position ``src[i]``
+        of row ``rows[i]`` (fp32)."""
+        model = self.model
+        device = input_ids.device.type
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=self.autocast):
+            hidden = model.get_decoder()(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+            ).last_hidden_state
+            logits = model.get_output_embeddings()(hidden[rows, src])
+        return -F.cross_entropy(logits.float(), targets, reduction="none")
+
+
+def scorer_of(student: Student) -> TokenScorer:
+    """A :class:`TokenScorer` over the student's model (no copy of any weight)."""
+    return TokenScorer(student.model, autocast=student.cfg.autocast_bf16)
+
+
+def token_logps(
+    scorer: nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sequence: the summed log-probability of the labelled tokens, and their count.
+    ``scorer`` is a :class:`TokenScorer`, possibly wrapped by DDP or FSDP."""
     target = labels[:, 1:]
     where = target != -100
-    model = student.model
-    with student.autocast():
-        hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-        logits = model.get_output_embeddings()(hidden[:, :-1][where])
-    nll = F.cross_entropy(logits.float(), target[where], reduction="none")
-    rows = where.nonzero()[:, 0]
-    logp = torch.zeros(ids.shape[0], dtype=nll.dtype, device=nll.device).index_add(0, rows, -nll)
-    return logp, where.sum(-1)
+    rows, src = where.nonzero(as_tuple=True)
+    logp_tok = scorer(ids, mask, rows, src, target[where])
+    logp = torch.zeros(ids.shape[0], dtype=logp_tok.dtype, device=ids.device)
+    return logp.index_add(0, rows, logp_tok), where.sum(-1)
 
 
-def can_pack_pairs(student: Student) -> bool:
-    """Whether the student's attention takes the boolean 4D masks of :func:`collate_pairs`
+def can_pack_pairs(model: nn.Module) -> bool:
+    """Whether the model's attention takes the boolean 4D masks of :func:`collate_pairs`
     (SDPA does; eager attention adds masks as floats)."""
-    config = getattr(student.model, "config", None)
+    config = getattr(model, "config", None)
     return getattr(config, "_attn_implementation", None) == "sdpa"
 
 
@@ -102,37 +142,45 @@ def collate_pairs(
 
 
 def packed_pair_logps(
-    student: Student, batch: dict[str, torch.Tensor]
+    scorer: nn.Module, batch: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probabilities and token counts of a :func:`collate_pairs` batch: ``[2n]``,
     the n chosen answers then the n rejected ones (as :func:`token_logps` of ``collate`` of
     chosen then rejected sequences)."""
-    model = student.model
     n = batch["input_ids"].shape[0]
-    with student.autocast():
-        hidden = model.get_decoder()(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            position_ids=batch["position_ids"],
-        ).last_hidden_state
-        logits = model.get_output_embeddings()(hidden[batch["rows"], batch["src"]])
-    nll = F.cross_entropy(logits.float(), batch["targets"], reduction="none")
-    logp = torch.zeros(2 * n, dtype=nll.dtype, device=nll.device).index_add(0, batch["seq"], -nll)
-    count = torch.bincount(batch["seq"], minlength=2 * n)
-    return logp, count
+    logp_tok = scorer(
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["rows"],
+        batch["src"],
+        batch["targets"],
+        position_ids=batch["position_ids"],
+    )
+    logp = torch.zeros(2 * n, dtype=logp_tok.dtype, device=logp_tok.device)
+    logp = logp.index_add(0, batch["seq"], logp_tok)
+    return logp, torch.bincount(batch["seq"], minlength=2 * n)
 
 
 def pair_logps(
-    student: Student, pairs: Sequence[tuple[list[int], list[int], list[int]]]
+    scorer: nn.Module,
+    pairs: Sequence[tuple[list[int], list[int], list[int]]],
+    pad_id: int,
+    pack: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``[2n]`` summed log-probs and counts of the pairs' chosen then rejected answers:
-    packed (:func:`collate_pairs`) where the attention takes it (and every prompt has a
-    token to predict the first answer token from), else one padded sequence per answer."""
-    if can_pack_pairs(student) and all(p for p, _, _ in pairs):
-        return packed_pair_logps(student, collate_pairs(pairs, student.pad_id, student.device))
+    packed (:func:`collate_pairs`) where the attention takes it (``pack``, see
+    :func:`can_pack_pairs`) and every prompt has a token to predict the first answer token
+    from, else one padded sequence per answer."""
+    device = module_device(scorer)
+    if pack and all(p for p, _, _ in pairs):
+        return packed_pair_logps(scorer, collate_pairs(pairs, pad_id, device))
     seqs = [(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs]
-    ids, mask, labels = collate(seqs, student.pad_id, student.device)
-    return token_logps(student, ids, mask, labels)
+    return token_logps(scorer, *collate(seqs, pad_id, device))
+
+
+def module_device(module: nn.Module) -> torch.device:
+    param = next(module.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
 
 
 def batches(n: int, batch_size: int, rng: random.Random, lengths: Sequence[int]) -> list[list[int]]:
@@ -147,23 +195,3 @@ def batches(n: int, batch_size: int, rng: random.Random, lengths: Sequence[int])
         out.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     rng.shuffle(out)
     return out
-
-
-def optimizer_and_schedule(
-    params: list[torch.nn.Parameter],
-    lr: float,
-    weight_decay: float,
-    total: int,
-    warmup_ratio: float,
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW with linear warm-up then cosine decay to zero over ``total`` steps."""
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    warm = max(1, int(total * warmup_ratio)) if warmup_ratio > 0 else 0
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        progress = (step - warm) / max(1, total - warm)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)

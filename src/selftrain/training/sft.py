@@ -12,7 +12,8 @@ import torch
 
 from selftrain import progress
 from selftrain.models import Student
-from selftrain.training.loop import batches, collate, optimizer_and_schedule, token_logps
+from selftrain.training.loop import batches, collate, scorer_of, token_logps
+from selftrain.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ def train_sft(
     batch_size: int,
     epochs: int = 1,
     max_steps: int | None = None,
+    micro_batch_size: int | None = None,
     weight_decay: float = 0.0,
     warmup_ratio: float = 0.0,
     grad_clip: float = 1.0,
@@ -41,7 +43,10 @@ def train_sft(
     patience: int = 2,
     label: str = "sft",
 ) -> SFTResult:
-    """Train on ``data`` for ``epochs`` (or exactly ``max_steps`` steps, cycling the data).
+    """Train on ``data`` for ``epochs`` (or exactly ``max_steps`` steps, cycling the data),
+    ``batch_size`` examples per optimizer step over all processes, in micro-batches of
+    ``micro_batch_size`` (see :mod:`selftrain.training.trainer`). The loss is the mean
+    negative log-likelihood per completion token of the batch.
 
     With ``validate`` (returning a dict with ``accuracy`` and optionally ``loss``), it is called
     every ``eval_every`` steps and at the end; training stops once ``patience`` checks in a row
@@ -53,40 +58,48 @@ def train_sft(
     lengths = [len(p) + len(c) for p, c in data]
     per_epoch = math.ceil(len(data) / batch_size)
     total = max_steps if max_steps is not None else epochs * per_epoch
-    opt, sched = optimizer_and_schedule(
-        student.trainable_parameters(), lr, weight_decay, total, warmup_ratio
+    trainer = Trainer(
+        student,
+        lr=lr,
+        weight_decay=weight_decay,
+        total=total,
+        warmup_ratio=warmup_ratio,
+        grad_clip=grad_clip,
+        micro_batch_size=micro_batch_size,
     )
+
+    def loss_of(module, items: list[int]):
+        ids, mask, labels = collate([data[i] for i in items], student.pad_id, student.device)
+        logp, _ = token_logps(module, ids, mask, labels)
+        nll = -logp.sum()
+        return nll, {"nll": nll}
+
     result = SFTResult(steps=0, best_step=0)
     best: tuple[float, float] | None = None
     best_state: dict[str, torch.Tensor] | None = None
     stale = 0
     plan: list[list[int]] = []
-    student.model.train()
-    with progress.bar(label, total) as bar:
+    main = student.runtime.is_main
+    with progress.bar(label, total, enabled=main) as bar:
         while result.steps < total:
             if not plan:
                 plan = batches(len(data), batch_size, rng, lengths)
             idx = plan.pop(0)
-            ids, mask, labels = collate([data[i] for i in idx], student.pad_id, student.device)
-            logp, count = token_logps(student, ids, mask, labels)
-            loss = -logp.sum() / count.sum()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.trainable_parameters(), grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            tokens = sum(len(data[i][1]) for i in idx)
+            loss = trainer.step(idx, loss_of, norm=tokens)["nll"] / tokens
             result.steps += 1
             bar.advance()
-            bar.note(f"loss {loss.item():.3f}")
+            bar.note(f"loss {loss:.3f}")
             at_check = result.steps % eval_every == 0 or result.steps == total
             if validate is None or not at_check:
                 continue
-            student.model.eval()
+            trainer.sync_student()
             metrics = validate()
-            student.model.train()
-            entry = {"step": result.steps, "train_loss": round(loss.item(), 4), **metrics}
+            trainer.module.train()
+            entry = {"step": result.steps, "train_loss": round(loss, 4), **metrics}
             result.history.append(entry)
-            log.info("%s step %d: %s", label, result.steps, entry)
+            if main:
+                log.info("%s step %d: %s", label, result.steps, entry)
             score = (metrics["accuracy"], -metrics.get("loss", 0.0))
             if best is None or score > best:
                 best, best_state, result.best_step, stale = (
@@ -98,9 +111,10 @@ def train_sft(
             else:
                 stale += 1
                 if stale >= patience:
-                    log.info("%s: validation accuracy stopped rising; stopping", label)
+                    if main:
+                        log.info("%s: validation accuracy stopped rising; stopping", label)
                     break
-    student.model.eval()
+    trainer.finish()
     if best_state is not None:
         student.restore(best_state)
     else:
@@ -114,9 +128,10 @@ def validation_loss(
 ) -> float:
     """Mean per-token loss of ``data``'s completions."""
     total, count = 0.0, 0
+    scorer = scorer_of(student)
     for i in range(0, len(data), batch_size):
         ids, mask, labels = collate(data[i : i + batch_size], student.pad_id, student.device)
-        logp, n = token_logps(student, ids, mask, labels)
+        logp, n = token_logps(scorer, ids, mask, labels)
         total += -logp.sum().item()
         count += n.sum().item()
     return total / max(1, count)

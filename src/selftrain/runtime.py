@@ -1,0 +1,223 @@
+"""Where a run executes: its device, and its peers when ``accelerate launch`` started several
+processes.
+
+One process (``python -m selftrain run``) needs nothing from accelerate: the student trains on
+``student.device`` as a plain module. Under ``accelerate launch --num_processes N`` every
+process builds the same :class:`Runtime`; training goes through accelerate's DDP or FSDP2
+(:meth:`Runtime.prepare`), sampling and evaluation split the questions (:meth:`shard`) and
+hand every record to every process (:meth:`gather_batches`), and only rank 0 writes the run
+directory.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+# a rank-0-only stage (an API teacher, say) can keep the other ranks at a barrier for hours
+_TIMEOUT_MIN = int(os.environ.get("SELFTRAIN_DIST_TIMEOUT_MIN", "720"))
+
+
+class RuntimeSetupError(RuntimeError):
+    """A device or launch configuration that cannot run; the message says what to change."""
+
+
+def launched_processes() -> int:
+    """How many processes the launcher started (1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def resolve_device(spec: str, local_rank: int = 0, world: int = 1) -> torch.device:
+    """``student.device`` as a torch device: ``auto`` is CUDA when present (a process's own GPU,
+    its local rank, under a launcher), else the CPU."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return torch.device("cpu")
+    if not re.fullmatch(r"cuda(:\d+)?", spec):
+        raise RuntimeSetupError(f"student.device '{spec}': use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise RuntimeSetupError(
+            f"student.device is '{spec}' but no CUDA device is visible to torch "
+            "(torch.cuda.is_available() is False); use auto or cpu"
+        )
+    if spec == "cuda":
+        return torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
+    index = int(spec.split(":")[1])
+    if world > 1:
+        raise RuntimeSetupError(
+            f"student.device '{spec}' names one GPU, but {world} processes were launched and "
+            "each takes its own (its local rank): set student.device to auto or cuda"
+        )
+    if index >= torch.cuda.device_count():
+        raise RuntimeSetupError(
+            f"student.device '{spec}': only {torch.cuda.device_count()} CUDA device(s) visible"
+        )
+    return torch.device("cuda", index)
+
+
+class Runtime:
+    """The device and, with several processes, the accelerate ``Accelerator`` behind them."""
+
+    def __init__(self, device: torch.device, accelerator: Any = None, fsdp: bool = False):
+        self.device = device
+        self.accelerator = accelerator
+        self.fsdp = fsdp  # FSDP2: training shards a copy of the student (training/parallel.py)
+        self.rank = accelerator.process_index if accelerator else 0
+        self.world = accelerator.num_processes if accelerator else 1
+        self.local_rank = accelerator.local_process_index if accelerator else 0
+
+    @classmethod
+    def local(cls, device: str | torch.device = "cpu") -> Runtime:
+        """A single process on ``device``: what tests, benchmarks and the library default use."""
+        return cls(torch.device(device))
+
+    @classmethod
+    def start(cls, device: str = "auto") -> Runtime:
+        """The runtime of this process: a plain one without a launcher, else accelerate's."""
+        world = launched_processes()
+        if world == 1:
+            resolved = resolve_device(device)
+            if resolved.type == "cuda":
+                torch.cuda.set_device(resolved)
+            return cls(resolved)
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        resolved = resolve_device(device, local_rank, world)
+        if resolved.type == "cuda":
+            torch.cuda.set_device(resolved)
+        return cls(resolved, *_accelerator(resolved))
+
+    # ---- who am I -------------------------------------------------------------------------
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def describe(self) -> str:
+        if not self.distributed:
+            return f"1 process on {self.device}"
+        kind = "FSDP2" if self.fsdp else "DDP"
+        return f"{self.world} processes ({kind}), rank {self.rank} on {self.device}"
+
+    # ---- collectives (no-ops with one process) ---------------------------------------------
+    def barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
+
+    def all_gather(self, obj: T) -> list[T]:
+        """``obj`` of every rank, in rank order, on every rank."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj: T) -> T:
+        """Rank 0's ``obj`` on every rank."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum over ranks of ``tensor`` (in place), on every rank."""
+        if self.distributed:
+            torch.distributed.all_reduce(tensor)
+        return tensor
+
+    def shard(self, items: Sequence[T]) -> list[T]:
+        """This rank's share of ``items``: every ``world``-th, starting at its rank."""
+        return list(items[self.rank :: self.world])
+
+    def gather_batches(self, batches: Iterable[list[T]]) -> Iterator[list[T]]:
+        """Yield, on every rank, the union of each rank's next batch, round after round, until
+        every rank's ``batches`` is exhausted. Each rank decodes its own share at its own pace;
+        the ranks meet once per batch, so rank 0 can write the records of all of them as they
+        come (a killed run loses at most the batches in flight)."""
+        if not self.distributed:
+            yield from batches
+            return
+        it = iter(batches)
+        while True:
+            mine = next(it, None)
+            everyone = self.all_gather(mine)
+            if all(b is None for b in everyone):
+                return
+            merged = [x for b in everyone if b for x in b]
+            if merged:
+                yield merged
+
+    # ---- training --------------------------------------------------------------------------
+    def prepare(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer):
+        """``(module, optimizer)`` wrapped for this run's processes by accelerate: DDP, or
+        FSDP2 (which shards the module in place: pass a copy, see training/parallel.py)."""
+        if not self.distributed:
+            return module, optimizer
+        if self.fsdp:
+            _assert_fsdp(self.accelerator)
+        return self.accelerator.prepare(module, optimizer)
+
+    def release(self) -> None:
+        """Drop accelerate's references to prepared objects (their memory is freed)."""
+        if self.accelerator is not None:
+            self.accelerator.free_memory()
+
+
+def _accelerator(device: torch.device) -> tuple[Any, bool]:
+    """accelerate's ``Accelerator`` for a launched process, and whether it trains with FSDP2."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType, InitProcessGroupKwargs
+
+    # precision is the recipe's (student.dtype, student.autocast_bf16), not accelerate's
+    accelerator = Accelerator(
+        cpu=device.type == "cpu",
+        mixed_precision="no",
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(minutes=_TIMEOUT_MIN))],
+    )
+    kind = accelerator.distributed_type
+    wants_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if kind == DistributedType.DEEPSPEED:
+        raise RuntimeSetupError(
+            "selftrain trains with DDP or FSDP2 through accelerate; DeepSpeed's engine owns "
+            "the optimizer step, which selftrain's loop does itself. For ZeRO-3's sharding use "
+            "FSDP2: `accelerate launch --use_fsdp --fsdp_version 2` (README: GPUs and many GPUs)"
+        )
+    if wants_fsdp and kind == DistributedType.MULTI_CPU:
+        # accelerate runs `--use_fsdp` without GPUs as plain multi-CPU DDP; FSDP2 itself runs
+        # over gloo, so the processes are made FSDP2 ones (the CPU tests of the FSDP path)
+        from accelerate.utils import FullyShardedDataParallelPlugin
+
+        accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
+        return accelerator, True
+    if kind == DistributedType.FSDP:
+        if not accelerator.is_fsdp2:
+            raise RuntimeSetupError(
+                "FSDP version 1 is not supported: set fsdp_version: 2 in the accelerate config "
+                "(or pass --fsdp_version 2)"
+            )
+        return accelerator, True
+    return accelerator, False
+
+
+def _assert_fsdp(accelerator: Any) -> None:
+    """Make accelerate take its FSDP2 path in ``prepare`` (on a CPU-only launch its state
+    reads as multi-CPU DDP; see :func:`_accelerator`)."""
+    from accelerate.utils import DistributedType
+
+    state = accelerator.state
+    if state.distributed_type != DistributedType.FSDP:
+        state.distributed_type = DistributedType.FSDP
+    # the student is already loaded on every rank; accelerate's meta-device loading would
+    # re-point the parameters it shares with the training copy
+    state.fsdp_plugin.cpu_ram_efficient_loading = False

@@ -1,0 +1,60 @@
+"""Hooks a decoder runs after every token: the calculator, which forces a result into an open
+``<<expr=`` annotation, and the stop pattern, which ends a row once its answer line is done."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from selftrain import calculator
+
+
+class StopHook:
+    """Stops a sequence whose text matches ``pattern`` at its end (checked only after tokens
+    holding a newline or a colon, so the tail is rarely decoded)."""
+
+    def __init__(self, tokenizer: Any, pattern: str):
+        self.tokenizer = tokenizer
+        self.pattern = re.compile(f"(?:{pattern})$", re.IGNORECASE)
+        vocab = tokenizer.get_vocab()
+        self.triggers = {
+            i for i in vocab.values() if any(c in tokenizer.decode([i]) for c in "\n:")
+        }
+
+    def done(self, tokens: list[int]) -> bool:
+        if not tokens or tokens[-1] not in self.triggers:
+            return False
+        return self.pattern.search(self.tokenizer.decode(tokens[-96:])) is not None
+
+
+class CalculatorHook:
+    """Forces a calculator's result into sequences that end in an open ``<<expr=``.
+
+    Only tokens whose text ends in ``=`` can open a result, so the tail of a sequence is
+    decoded (and the expression parsed) only after one of those."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        vocab = tokenizer.get_vocab()
+        self.triggers = {i for i in vocab.values() if tokenizer.decode([i]).endswith("=")}
+
+    def forced(self, tokens: list[int]) -> list[int]:
+        """Token ids to force after ``tokens`` (empty when nothing is to be filled in)."""
+        if not tokens or tokens[-1] not in self.triggers:
+            return []
+        text = self.tokenizer.decode(tokens[-calculator.MAX_EXPRESSION_CHARS :])
+        result = calculator.fill(text)
+        if result is None:
+            return []
+        return self.tokenizer.encode(result, add_special_tokens=False)
+
+
+_HOOKS: dict[int, CalculatorHook] = {}
+
+
+def calculator_hook(tokenizer: Any) -> CalculatorHook:
+    """The (cached) calculator hook of ``tokenizer``."""
+    key = id(tokenizer)
+    if key not in _HOOKS:
+        _HOOKS[key] = CalculatorHook(tokenizer)
+    return _HOOKS[key]
