@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from selftrain.config import DPOConfig
@@ -115,3 +116,75 @@ def test_dpop_penalises_a_falling_chosen_answer():
     plain = preference_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), ref, ref, 0.1)
     assert torch.allclose(kept, plain)  # no penalty while the chosen answer holds its ground
     assert fell > kept + 1.0
+
+
+def _one_step_grads(s, data, micro):
+    """Gradients of one optimizer step of a Trainer on the whole of ``data``."""
+    from selftrain.training.trainer import Trainer, _unwrap
+
+    trainer = Trainer(
+        s,
+        lr=1e-3,
+        weight_decay=0.0,
+        total=1,
+        warmup_ratio=0.0,
+        grad_clip=1e9,
+        micro_batch_size=micro,
+    )
+    grads = {}
+    real = trainer.optimizer.step
+
+    def capture(*args, **kwargs):
+        grads.update(
+            (n, p.grad.clone())
+            for n, p in _unwrap(trainer.module).named_parameters()
+            if p.requires_grad
+        )
+        return real(*args, **kwargs)
+
+    trainer.optimizer.step = capture
+
+    def loss_of(module, items):
+        logp, _ = token_logps(module, *collate([data[i] for i in items], s.pad_id, "cpu"))
+        return -logp.sum(), {"nll": -logp.sum()}
+
+    batch = list(range(len(data)))
+    stats = trainer.step(batch, loss_of, norm=sum(len(c) for _, c in data))
+    trainer.finish()
+    return grads, stats
+
+
+def _seeded(make_student, lora, **kwargs):
+    torch.manual_seed(0)  # the same initial LoRA adapters
+    return make_student(lora=lora, **kwargs)
+
+
+def _six(s):
+    qs = ["What is 2+3?", "Tom has 5 apples.", "x", "A much longer question about marbles?"]
+    answers = ["#### 5", "5+2=<<5+2=7>>7\n#### 7", "#### 1", "It is 3*4=<<3*4=12>>12\n#### 12"]
+    return [
+        (s.prompt_ids(qs[i % 4] + " " * i), s.completion_ids(answers[(i + 1) % 4]))
+        for i in range(6)
+    ]
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_accumulated_gradients_equal_the_large_batch_gradients(make_student, lora):
+    """6 examples in micro-batches of 4 and 2 give the gradient (and loss) of one pass."""
+    whole, whole_stats = _one_step_grads(_seeded(make_student, lora), _six(make_student()), None)
+    parts, part_stats = _one_step_grads(_seeded(make_student, lora), _six(make_student()), 4)
+    assert whole.keys() == parts.keys() and whole
+    for name, g in whole.items():
+        assert torch.allclose(g, parts[name], atol=1e-6, rtol=1e-5), name
+    assert abs(whole_stats["nll"] - part_stats["nll"]) < 1e-4
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_gradient_checkpointing_changes_no_gradient(make_student, lora):
+    plain, _ = _one_step_grads(_seeded(make_student, lora), _six(make_student()), 2)
+    s = _seeded(make_student, lora, gradient_checkpointing=True)
+    base = s.model.get_base_model() if lora else s.model
+    assert base.is_gradient_checkpointing
+    checkpointed, _ = _one_step_grads(s, _six(s), 2)
+    for name, g in plain.items():
+        assert torch.allclose(g, checkpointed[name], atol=1e-6, rtol=1e-5), name
