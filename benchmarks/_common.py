@@ -50,6 +50,7 @@ def add_training_args(parser: argparse.ArgumentParser, lr: float) -> None:
     parser.add_argument("--trl-checkpointing", action="store_true")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
 
 
@@ -92,11 +93,14 @@ def student_config(model: str, *, lora: bool = False, dtype: str = "float32", **
     return StudentConfig(model=model, dtype=dtype, lora=LoraConfig(enabled=lora, **kwargs))
 
 
-def load_student(model: str, *, dtype: str = "float32", adapter: str | None = None):
-    """A LoRA-less student (an adapter from a run is merged into its weights)."""
+def load_student(
+    model: str, *, dtype: str = "float32", adapter: str | None = None, device: str = "cpu"
+):
+    """A LoRA-less student on ``device`` (an adapter from a run is merged into its weights)."""
     from selftrain.models import Student
+    from selftrain.runtime import Runtime
 
-    student = Student.load(student_config(model, dtype=dtype))
+    student = Student.load(student_config(model, dtype=dtype), Runtime.local(device))
     if adapter:
         student.apply_checkpoint(adapter)
     return student
@@ -247,7 +251,8 @@ def child_peak_memory(script: Path, engines, mode: str, args, extra: Sequence[st
     for engine in engines:
         child_args = [
             "--child", f"{engine},{mode}", "--model", args.model,
-            "--batch-size", str(args.batch_size), "--dtype", args.dtype, *extra,
+            "--batch-size", str(args.batch_size), "--dtype", args.dtype,
+            "--device", args.device, *extra,
         ]  # fmt: skip
         if args.trl_checkpointing:
             child_args.append("--trl-checkpointing")

@@ -247,7 +247,7 @@ def load(args):
     from selftrain.models import load_model_and_tokenizer
 
     cfg = student_cfg(args, lora=False)
-    return load_model_and_tokenizer(cfg)
+    return load_model_and_tokenizer(cfg, args.device)
 
 
 def child(args) -> None:

@@ -131,9 +131,17 @@ def run_ours(student, prompts, args, calculator: bool, greedy: bool = False) -> 
 
 def run_vllm(student, prompts, args, calculator: bool) -> float:
     """selftrain's vLLM engine (GPU machines with vllm installed): the same prompts as token
-    ids, k samples each; an engine is started per call, and that start is timed too."""
-    from selftrain.sampling import SamplingParams, generate
+    ids, k samples each, on one engine kept for every run (as a selftrain run keeps it); its
+    start and the first wake-up are in the warm-up run."""
+    import tempfile
 
+    from selftrain.config import VLLMConfig
+    from selftrain.runtime import Runtime
+    from selftrain.sampling import SamplingParams, make_engine
+
+    if getattr(run_vllm, "engine", None) is None:
+        folder = tempfile.mkdtemp(prefix="selftrain-vllm-")
+        run_vllm.engine = make_engine("vllm", VLLMConfig(), Runtime.local(args.device), folder)
     params = SamplingParams(
         k=args.k,
         greedy=False,
@@ -142,10 +150,9 @@ def run_vllm(student, prompts, args, calculator: bool) -> float:
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
         calculator=calculator,
-        engine="vllm",
     )
     tokens = 0
-    for batch in generate(student, list(enumerate(prompts)), params):
+    for batch in run_vllm.engine.generate(student, list(enumerate(prompts)), params):
         for _, _texts, lengths in batch:
             tokens += sum(n + (n < args.max_new_tokens) for n in lengths)
     return tokens
@@ -163,8 +170,8 @@ def greedy_check(student, prompts, args) -> bool:
 def bench_model(model_name: str, args, repeats: int, rows: list, results: list) -> list[float]:
     """The engines on one model, each calculator mode; appends table rows and results and
     returns the speedups (selftrain's engine over generate)."""
-    student = C.load_student(model_name, dtype=args.dtype, adapter=args.adapter)
-    student.model.to(args.device).eval()
+    student = C.load_student(model_name, dtype=args.dtype, adapter=args.adapter, device=args.device)
+    student.model.eval()
     prompts = make_prompts(student, args.questions)
     name = C.short_name(model_name)
     same = greedy_check(student, prompts, args)
@@ -183,6 +190,7 @@ def bench_model(model_name: str, args, repeats: int, rows: list, results: list) 
         warm = {
             "generate": lambda calc=calc: run_generate(student, few, args, calc),
             "selftrain": lambda calc=calc: run_ours(student, few, args, calc),
+            "selftrain-vllm": lambda calc=calc: run_vllm(student, few, args, calc),
         }
         timings = C.alternate(runs, repeats, warm)
         ratio = timings[ours].rate() / timings["generate"].rate()

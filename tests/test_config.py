@@ -232,3 +232,40 @@ def test_cli_bad_set_override_exits_2(tmp_path):
     result = CliRunner().invoke(app, ["run", str(path), "--set", "sft.batch_size=eight"])
     assert result.exit_code == 2, _cli_text(result)
     assert "sft.batch_size" in _cli_text(result)
+
+
+def test_device_and_precision_keys(tmp_path):
+    r = load_recipe(None)
+    assert r.student.device == "auto" and r.student.dtype == "auto"
+    for ok in ("cpu", "cuda", "cuda:3", "auto"):
+        assert load_recipe(None, {"student": {"device": ok}}).student.device == ok
+    with pytest.raises(RecipeError, match=r"student\.device.*auto, cpu, cuda or cuda:N"):
+        load_recipe(None, {"student": {"device": "gpu0"}})
+
+
+def test_qlora_needs_lora():
+    with pytest.raises(RecipeError, match=r"load_in_4bit.*lora\.enabled"):
+        load_recipe(None, {"student": {"load_in_4bit": True, "lora": {"enabled": False}}})
+    assert load_recipe(None, {"student": {"load_in_4bit": True}}).student.load_in_4bit
+
+
+def test_micro_batches_and_the_engine_are_keys_of_every_method():
+    r = load_recipe(None, {"sft": {"micro_batch_size": 2}, "dpo": {"micro_batch_size": 1}})
+    assert (r.sft.micro_batch_size, r.dpo.micro_batch_size) == (2, 1)
+    with pytest.raises(RecipeError, match="micro_batch_size"):
+        load_recipe(None, {"sft": {"micro_batch_size": 0}})
+    from selftrain.config import default_recipe_path
+
+    st = default_recipe_path().with_name("dpo_st.yaml")
+    r = load_recipe(
+        st,
+        {
+            "sampling": {"engine": "vllm", "vllm": {"gpu_memory_utilization": 0.3}},
+            "dpo_st": {"sft": {"micro_batch_size": 4}, "dpo": {"micro_batch_size": 2}},
+        },
+    )
+    assert r.sampling.engine == "vllm" and r.sampling.vllm.gpu_memory_utilization == 0.3
+    with pytest.raises(RecipeError, match="read by method srit only"):
+        load_recipe(st, {"sampling": {"k": 9}})  # the rest of sampling stays SRIT's
+    with pytest.raises(RecipeError, match=r"sampling\.engine"):
+        load_recipe(None, {"sampling": {"engine": "tgi"}})

@@ -135,3 +135,53 @@ def test_lora_on_top_layers_only(tiny_dir):
     names = [n for n, p in s.model.named_parameters() if p.requires_grad]
     assert names and all(".layers.1." in n for n in names)  # the tiny model has 2 layers
     assert {n.split(".layers.1.")[1].split(".")[1] for n in names} >= {"q_proj", "down_proj"}
+
+
+def test_qlora_without_bitsandbytes_says_how_to_install(tiny_dir, monkeypatch):
+    import importlib.util
+
+    from selftrain.config import StudentConfig
+    from selftrain.models import ModelLoadError, load_model_and_tokenizer
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "bitsandbytes" else real(name, *a),
+    )
+    with pytest.raises(ModelLoadError, match="pip install bitsandbytes"):
+        load_model_and_tokenizer(StudentConfig(model=str(tiny_dir), load_in_4bit=True))
+    with pytest.raises(ModelLoadError, match="GGUF student is already quantised"):
+        load_model_and_tokenizer(StudentConfig(load_in_4bit=True))
+
+
+def test_a_sharded_checkpoint_loads_back(make_student, tmp_path):
+    s = make_student()
+    with torch.no_grad():
+        for p in s.trainable_parameters():
+            p.add_(0.01)
+    changed = s.snapshot()
+    s.model.save_pretrained(tmp_path / "ckpt", max_shard_size="200KB")
+    assert (tmp_path / "ckpt" / "model.safetensors.index.json").exists()
+    fresh = make_student()
+    fresh.load_weights(tmp_path / "ckpt")
+    for name, t in fresh.snapshot().items():
+        assert torch.equal(t, changed[name]), name
+
+
+def test_device_names_resolve_or_say_what_is_wrong(monkeypatch):
+    from selftrain import runtime
+
+    assert runtime.resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runtime.resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(runtime.RuntimeSetupError, match="no CUDA device is visible"):
+        runtime.resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert runtime.resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert runtime.resolve_device("auto", local_rank=1, world=2) == torch.device("cuda", 1)
+    with pytest.raises(runtime.RuntimeSetupError, match="only 2 CUDA device"):
+        runtime.resolve_device("cuda:5")
+    with pytest.raises(runtime.RuntimeSetupError, match="each takes its own"):
+        runtime.resolve_device("cuda:1", local_rank=0, world=2)

@@ -44,9 +44,10 @@ class StudentConfig(_Strict):
     # auto: CUDA when present (under accelerate launch, each process's own GPU), else the CPU;
     # or cpu, cuda, cuda:N
     device: str = "auto"
-    # weights' dtype; auto: bfloat16 on a GPU that supports it, float32 on the CPU
+    # weights' dtype; auto: float32 on the CPU; on a GPU, bfloat16 for a frozen base (LoRA)
+    # and float32 master weights for full fine-tuning (add autocast_bf16 for bf16 matmuls)
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    autocast_bf16: bool = False  # bf16 autocast for matmuls on CPUs that support it
+    autocast_bf16: bool = False  # bf16 autocast for matmuls (CPUs with AVX512-BF16, GPUs)
     # recompute activations in the backward pass (non-reentrant, works with LoRA): less memory
     gradient_checkpointing: bool = False
     # QLoRA: a 4-bit NF4 base (bitsandbytes) under bf16 LoRA adapters, as SRIT trained its students

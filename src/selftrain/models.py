@@ -57,11 +57,16 @@ def load_tokenizer(spec: str = DEFAULT_STUDENT, gguf_file: str | None = None):
     return AutoTokenizer.from_pretrained(folder, **kwargs)
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``student.dtype``: ``auto`` is bfloat16 on a GPU that supports it, float32 elsewhere."""
-    if name != "auto":
-        return getattr(torch, name)
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+def resolve_dtype(cfg: StudentConfig, device: torch.device) -> torch.dtype:
+    """``student.dtype``: ``auto`` is bfloat16 on a GPU that supports it for a frozen base
+    (LoRA, QLoRA), float32 otherwise. Fully fine-tuned weights stay float32 on a GPU too
+    (their master copy; ``autocast_bf16`` runs the matmuls in bf16): a bf16 weight keeps 8
+    bits of mantissa, so an AdamW update below 1/256 of the weight (lr 2e-5, DPO's 3e-7) would
+    round away."""
+    if cfg.dtype != "auto":
+        return getattr(torch, cfg.dtype)
+    frozen_base = cfg.lora.enabled or cfg.load_in_4bit
+    if device.type == "cuda" and frozen_base and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
 
@@ -71,7 +76,7 @@ def load_model_and_tokenizer(cfg: StudentConfig, device: str | torch.device = "c
     from transformers import AutoModelForCausalLM
 
     device = torch.device(device)
-    dtype = resolve_dtype(cfg.dtype, device)
+    dtype = resolve_dtype(cfg, device)
     if cfg.model in _TINY:
         if cfg.load_in_4bit:
             raise ModelLoadError("student.load_in_4bit needs a model folder or hub id")

@@ -68,8 +68,10 @@ def train_sft(
         micro_batch_size=micro_batch_size,
     )
 
+    device = student.runtime.device
+
     def loss_of(module, items: list[int]):
-        ids, mask, labels = collate([data[i] for i in items], student.pad_id, student.device)
+        ids, mask, labels = collate([data[i] for i in items], student.pad_id, device)
         logp, _ = token_logps(module, ids, mask, labels)
         nll = -logp.sum()
         return nll, {"nll": nll}
@@ -93,18 +95,17 @@ def train_sft(
             at_check = result.steps % eval_every == 0 or result.steps == total
             if validate is None or not at_check:
                 continue
-            trainer.sync_student()
-            metrics = validate()
-            trainer.module.train()
+            with trainer.student_in_sync():
+                metrics = validate()
+                snapshot = student.snapshot() if _better(metrics, best) else None
             entry = {"step": result.steps, "train_loss": round(loss, 4), **metrics}
             result.history.append(entry)
             if main:
                 log.info("%s step %d: %s", label, result.steps, entry)
-            score = (metrics["accuracy"], -metrics.get("loss", 0.0))
-            if best is None or score > best:
+            if snapshot is not None:
                 best, best_state, result.best_step, stale = (
-                    score,
-                    student.snapshot(),
+                    _score(metrics),
+                    snapshot,
                     result.steps,
                     0,
                 )
@@ -120,6 +121,14 @@ def train_sft(
     else:
         result.best_step = result.steps
     return result
+
+
+def _score(metrics: dict) -> tuple[float, float]:
+    return (metrics["accuracy"], -metrics.get("loss", 0.0))
+
+
+def _better(metrics: dict, best: tuple[float, float] | None) -> bool:
+    return best is None or _score(metrics) > best
 
 
 @torch.no_grad()

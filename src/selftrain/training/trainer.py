@@ -56,6 +56,10 @@ class Trainer:
         self.schedule = warmup_cosine(self.optimizer, total, warmup_ratio)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         student.weights_dir = None
+        # FSDP2: the student's own full weights wait in CPU memory while the shards train
+        self.offloaded = self.runtime.fsdp and self.runtime.device.type != "cpu"
+        if self.offloaded:
+            student.model.to("cpu")
         self.module.train()
 
     def step(self, batch: list[int], loss_of: LossFn, norm: float) -> dict[str, float]:
@@ -83,7 +87,7 @@ class Trainer:
         names = sorted(sums)
         if not names:
             return {"grad_norm": float(_full(grad_norm))}
-        device = self.student.device
+        device = self.runtime.device
         totals = torch.stack([torch.as_tensor(sums[k], device=device) for k in names])
         totals = self.runtime.all_reduce_sum(totals.double()).tolist()
         out = dict(zip(names, totals, strict=True))
@@ -99,8 +103,9 @@ class Trainer:
         return self.module.no_sync()
 
     def sync_student(self) -> None:
-        """Make the student's weights the trained ones (FSDP2 trains a sharded copy: every
-        process gathers each trainable tensor in full; DDP trains the student itself)."""
+        """Make the student's weights the trained ones, on the runtime's device (FSDP2 trains
+        a sharded copy: every process gathers each trainable tensor in full; DDP trains the
+        student itself)."""
         if not self.runtime.fsdp:
             return
         own = dict(self.student.model.named_parameters())
@@ -108,7 +113,21 @@ class Trainer:
             for name, p in _unwrap(self.module).named_parameters():
                 if p.requires_grad:
                     own[name.removeprefix("model.")].copy_(_full(p))
+        if self.offloaded:
+            self.student.model.to(self.runtime.device)
         self.student.weights_dir = None
+
+    @contextlib.contextmanager
+    def student_in_sync(self):
+        """The student holds the weights trained so far (for a validation), then training
+        goes on."""
+        self.sync_student()
+        try:
+            yield
+        finally:
+            if self.offloaded:
+                self.student.model.to("cpu")
+            self.module.train()
 
     def finish(self) -> None:
         """End of the stage: the student holds the trained weights, in eval mode, and the
