@@ -1,5 +1,5 @@
 # make test: create/refresh .venv, install selftrain into it, run the tests.
-# make demo: the same install, then the default recipe (SRIT on SmolLM2-135M, ~19 min, 2 cores).
+# make demo: the same install, then the default recipe (SRIT on SmolLM2-135M, 17-29 min, 2 cores).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

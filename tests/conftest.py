@@ -33,6 +33,7 @@ def make_student(tiny_dir):
     from selftrain.models import Student
 
     def make(lora: bool = False, **kwargs) -> Student:
+        kwargs.setdefault("device", "cpu")  # the CPU tests stay there on a GPU machine too
         cfg = StudentConfig(model=str(tiny_dir), lora=LoraConfig(enabled=lora, r=8), **kwargs)
         return Student.load(cfg)
 

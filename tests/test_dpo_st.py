@@ -120,7 +120,7 @@ def _with_correct_paths(real):
     (a random tiny model is never right), so pseudo-labels and self-chosen paths exist."""
 
     def gen(student, items, params, engine=None):
-        for batch in real(student, items, params, engine=None):
+        for batch in real(student, items, params, engine):
             out = []
             for qid, texts, lengths in batch:
                 answer = _ANSWERS[qid]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -191,11 +192,10 @@ def test_the_calculator_resubmits_with_the_forced_result(vllm, tokenizer):
     assert llm.requests[-1][1] == params.max_new_tokens - len(llm.requests[-1][0])
 
 
-def test_an_srit_run_decodes_every_stage_with_one_vllm_engine(vllm, tiny_dir, tmp_path):
+def _vllm_recipe(tiny_dir):
     from selftrain.config import load_recipe
-    from selftrain.pipeline import srit
 
-    recipe = load_recipe(
+    return load_recipe(
         None,
         {
             "student": {"model": str(tiny_dir), "lora": {"enabled": True, "r": 4}},
@@ -211,14 +211,19 @@ def test_an_srit_run_decodes_every_stage_with_one_vllm_engine(vllm, tiny_dir, tm
                 "k": 2,
                 "max_new_tokens": 8,
                 "engine": "vllm",
-                "vllm": {"prompts_per_call": 4},
+                "vllm": {"prompts_per_call": 2},
             },
             "dpo": {"batch_size": 2},
             "eval": {"n": 5, "max_new_tokens": 8, "splits": ["in_domain"]},
         },
     )
+
+
+def test_an_srit_run_decodes_every_stage_with_one_vllm_engine(vllm, tiny_dir, tmp_path):
+    from selftrain.pipeline import srit
+
     run = tmp_path / "run"
-    metrics = srit.run(recipe, run)
+    metrics = srit.run(_vllm_recipe(tiny_dir), run)
     assert len(vllm.LLM.instances) == 1
     samples = [json.loads(x) for x in (run / "samples.jsonl").open()]
     assert len(samples) == 12 and len({r["id"] for r in samples}) == 6
@@ -227,3 +232,36 @@ def test_an_srit_run_decodes_every_stage_with_one_vllm_engine(vllm, tiny_dir, tm
     from vllm.distributed.parallel_state import CLEANUPS
 
     assert CLEANUPS  # the engine was freed at the end of the run
+
+
+def test_a_sampling_stage_on_vllm_killed_after_a_batch_resumes(
+    vllm, tiny_dir, tmp_path, monkeypatch
+):
+    """Records are written after every generate call (prompts_per_call), so a kill loses at
+    most the call in flight and the rerun samples only the questions left, as they would
+    have been sampled."""
+    from selftrain.pipeline import srit
+
+    real = srit.generate
+
+    def die_after_one(student, items, params, engine=None):
+        it = real(student, items, params, engine)
+        yield next(it)
+        raise KeyboardInterrupt
+
+    recipe, run = _vllm_recipe(tiny_dir), tmp_path / "run"
+    monkeypatch.setattr(srit, "generate", die_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        srit.run(recipe, run)
+    partial = [json.loads(x) for x in (run / "samples.jsonl").open()]
+    assert len(partial) == 4  # 2 questions x k=2
+    monkeypatch.setattr(srit, "generate", real)
+    srit.run(recipe, run)
+    samples = [json.loads(x) for x in (run / "samples.jsonl").open()]
+    assert samples[:4] == partial and len(samples) == 12
+    assert set(Counter(r["id"] for r in samples).values()) == {2}  # none lost, none twice
+    whole = tmp_path / "whole"
+    srit.run(recipe, whole)
+    uninterrupted = [json.loads(x) for x in (whole / "samples.jsonl").open()]
+    key = lambda r: (r["id"], r["text"])  # noqa: E731
+    assert sorted(map(key, samples)) == sorted(map(key, uninterrupted))

@@ -55,55 +55,62 @@ def evaluate_loglik(
 ) -> dict:
     """Pick the option whose text is most likely after the question (cloze style: the
     options are not listed), with log-probabilities divided by the option's length in
-    characters (``acc_norm`` of evaluation harnesses; the raw sum is recorded too)."""
+    characters (``acc_norm`` of evaluation harnesses; the raw sum is recorded too). With
+    several processes each scores every ``world``-th question and rank 0 writes."""
+    runtime = student.runtime
     done = {r["id"]: r for r in read_jsonl(out)} if out else {}
     todo = [e for e in examples if e.id not in done]
+    scorer = scorer_of(student)
+
+    def scored(chunk: list[Example]) -> list[dict]:
+        seqs, owners = [], []
+        for e in chunk:
+            context = student.prompt_ids(e.question)
+            for i, text in enumerate(task.choice_continuations(e)):
+                seqs.append((context, student.completion_ids(text.strip(), eos=False)))
+                owners.append((e.id, i, len(text.strip())))
+        logps: list[float] = []
+        for b in range(0, len(seqs), batch_size):
+            ids, mask, labels = collate(seqs[b : b + batch_size], student.pad_id, student.device)
+            lp, _ = token_logps(scorer, ids, mask, labels)
+            logps.extend(lp.tolist())
+        records = []
+        for e in chunk:
+            scores = [
+                (logps[j], logps[j] / max(1, n))
+                for j, (qid, _, n) in enumerate(owners)
+                if qid == e.id
+            ]
+            answers = task.choice_answers(e)
+            best = max(range(len(scores)), key=lambda i: scores[i][1])
+            raw = max(range(len(scores)), key=lambda i: scores[i][0])
+            records.append(
+                {
+                    "id": e.id,
+                    "logp": [round(s[0], 4) for s in scores],
+                    "extracted": answers[best],
+                    "gold": e.answer,
+                    "correct": answers[best] == e.answer,
+                    "correct_unnormalised": answers[raw] == e.answer,
+                }
+            )
+        return records
+
     was_training = student.model.training
     student.model.eval()
     try:
+        per_batch = max(1, batch_size // 4)
+        mine = runtime.shard(todo)
+        chunks = (scored(mine[i : i + per_batch]) for i in range(0, len(mine), per_batch))
         with (
-            JsonlWriter(out) if out else contextlib.nullcontext() as writer,
-            progress.bar(label, len(todo)) as bar,
+            JsonlWriter(out) if out and runtime.is_main else contextlib.nullcontext() as writer,
+            progress.bar(label, len(todo), enabled=runtime.is_main) as bar,
         ):
-            per_batch = max(1, batch_size // 4)
-            scorer = scorer_of(student)
-            for start in range(0, len(todo), per_batch):
-                chunk = todo[start : start + per_batch]
-                seqs, owners = [], []
-                for e in chunk:
-                    context = student.prompt_ids(e.question)
-                    for i, text in enumerate(task.choice_continuations(e)):
-                        seqs.append((context, student.completion_ids(text.strip(), eos=False)))
-                        owners.append((e.id, i, len(text.strip())))
-                logps: list[float] = []
-                for b in range(0, len(seqs), batch_size):
-                    ids, mask, labels = collate(seqs[b : b + batch_size], student.pad_id, "cpu")
-                    lp, _ = token_logps(scorer, ids.to(student.device), mask, labels)
-                    logps.extend(lp.tolist())
-                records = []
-                for e in chunk:
-                    scores = [
-                        (logps[j], logps[j] / max(1, n))
-                        for j, (qid, _, n) in enumerate(owners)
-                        if qid == e.id
-                    ]
-                    answers = task.choice_answers(e)
-                    best = max(range(len(scores)), key=lambda i: scores[i][1])
-                    raw = max(range(len(scores)), key=lambda i: scores[i][0])
-                    records.append(
-                        {
-                            "id": e.id,
-                            "logp": [round(s[0], 4) for s in scores],
-                            "extracted": answers[best],
-                            "gold": e.answer,
-                            "correct": answers[best] == e.answer,
-                            "correct_unnormalised": answers[raw] == e.answer,
-                        }
-                    )
+            for records in runtime.gather_batches(chunks):
                 done.update((r["id"], r) for r in records)
                 if writer is not None:
                     writer.write_many(records)
-                bar.advance(len(chunk))
+                bar.advance(len(records))
     finally:
         student.model.train(was_training)
     rows = [done[e.id] for e in examples]
@@ -137,7 +144,9 @@ def run_eval(
     if scoring not in SCORING:
         raise ValueError(f"scoring must be one of {', '.join(SCORING)}, not {scoring!r}")
     results: dict[str, Any] = {}
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if student.runtime.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    student.runtime.barrier()
     for task in tasks:
         examples = spread(task.load(split), limit)
         mode = scoring
@@ -179,8 +188,9 @@ def run_eval(
             accs = [r["accuracy"] for r in results.values() if r.get("domain") == domain]
             if accs:
                 summary[domain] = {"mean_accuracy": round(sum(accs) / len(accs), 4)}
-    write_json_atomic(out_dir / "results.json", summary)
-    write_text_atomic(out_dir / "results.md", markdown_table(summary))
+    if student.runtime.is_main:
+        write_json_atomic(out_dir / "results.json", summary)
+        write_text_atomic(out_dir / "results.md", markdown_table(summary))
     return summary
 
 

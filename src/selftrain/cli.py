@@ -119,6 +119,9 @@ def eval_(
     max_new_tokens: Annotated[int | None, typer.Option(help="default: per task")] = None,
     calculator: Annotated[bool, typer.Option(help="fill in <<expr=>> while decoding")] = False,
     bf16: Annotated[bool, typer.Option(help="decode in bfloat16 (faster on CPU)")] = True,
+    device: Annotated[
+        str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N")
+    ] = "auto",
     system_prompt: Annotated[str | None, typer.Option(help="system message")] = None,
 ) -> None:
     """Accuracy of a model on benchmark tasks, with 95% intervals, as JSON and Markdown."""
@@ -129,6 +132,7 @@ def eval_(
     from selftrain.bench import run_eval
     from selftrain.config import LoraConfig, StudentConfig
     from selftrain.models import ModelLoadError, Student
+    from selftrain.runtime import Runtime, RuntimeSetupError
     from selftrain.tasks.data import DataError
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
@@ -137,11 +141,13 @@ def eval_(
         cfg = StudentConfig(
             model=model,
             gguf_file=gguf_file,
+            device=device,
             autocast_bf16=bf16,
             system_prompt=system_prompt,
             lora=LoraConfig(enabled=False),
         )
-        student = Student.load(cfg)
+        # under accelerate launch every process scores a share of the questions
+        student = Student.load(cfg, Runtime.start(device))
         if adapter is not None:
             student.apply_checkpoint(adapter)
         label = Path(model).name + (f"+{adapter.parent.name}-{adapter.name}" if adapter else "")
@@ -159,13 +165,14 @@ def eval_(
             train_task=train_task,
             model_name=label,
         )
-    except (DataError, ModelLoadError, ValueError, KeyError) as e:
+    except (DataError, ModelLoadError, RuntimeSetupError, ValueError, KeyError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
     from selftrain.bench import markdown_table
 
-    Console().print(Markdown(markdown_table(summary)))
-    typer.echo(f"results: {folder / 'results.json'}, {folder / 'results.md'}")
+    if student.runtime.is_main:
+        Console().print(Markdown(markdown_table(summary)))
+        typer.echo(f"results: {folder / 'results.json'}, {folder / 'results.md'}")
 
 
 @app.command("tasks")

@@ -237,12 +237,12 @@ class Student:
 
     @classmethod
     def load(cls, cfg: StudentConfig, runtime=None) -> Student:
-        """Load ``cfg.model`` onto the runtime's device (the CPU by default). Under several
-        processes every rank loads it; LoRA's random initial adapters are made equal to rank
-        0's."""
-        from selftrain.runtime import Runtime
+        """Load ``cfg.model`` onto the runtime's device (without one: ``cfg.device`` in this
+        process). Under several processes every rank loads it; LoRA's random initial adapters
+        are made equal to rank 0's."""
+        from selftrain.runtime import Runtime, resolve_device
 
-        runtime = runtime or Runtime.local("cpu")
+        runtime = runtime or Runtime.local(resolve_device(cfg.device))
         model, tok = load_model_and_tokenizer(cfg, runtime.device)
         student = cls(model, tok, cfg, runtime)
         if runtime.distributed and student.lora:
@@ -421,14 +421,6 @@ class Student:
                 yield Inference(self.model, autocast=cast)
         finally:
             self.model.train(was_training)
-
-    @contextlib.contextmanager
-    def autocast(self) -> Iterator[None]:
-        if self.cfg.autocast_bf16:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                yield
-        else:
-            yield
 
 
 @dataclass

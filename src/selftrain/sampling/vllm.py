@@ -282,6 +282,10 @@ def _cut_at_stop(tokens: list[int], stop: StopHook | None) -> list[int]:
 
 
 def _dtype_name(student: Student) -> str:
+    """The engine's dtype: bf16 where the student computes in bf16 (bf16 weights, or fp32
+    master weights under ``autocast_bf16``: the engine loads the checkpoint cast to bf16)."""
+    if student.cfg.autocast_bf16:
+        return "bfloat16"
     for p in student.model.parameters():
         if p.is_floating_point():
             return {torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(p.dtype, "float32")
