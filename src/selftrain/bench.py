@@ -9,7 +9,6 @@ summary goes to ``OUT/results.json`` and ``OUT/results.md``.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,9 +16,8 @@ from typing import Any
 
 import torch
 
-from selftrain import progress
 from selftrain.evaluation import evaluate, wilson_interval
-from selftrain.io import JsonlWriter, read_jsonl, write_json_atomic, write_text_atomic
+from selftrain.io import read_jsonl, write_json_atomic, write_text_atomic
 from selftrain.models import Student
 from selftrain.tasks.base import Example
 from selftrain.tasks.benchmark import BenchmarkTask
@@ -102,15 +100,8 @@ def evaluate_loglik(
         per_batch = max(1, batch_size // 4)
         mine = runtime.shard(todo)
         chunks = (scored(mine[i : i + per_batch]) for i in range(0, len(mine), per_batch))
-        with (
-            JsonlWriter(out) if out and runtime.is_main else contextlib.nullcontext() as writer,
-            progress.bar(label, len(todo), enabled=runtime.is_main) as bar,
-        ):
-            for records in runtime.gather_batches(chunks):
-                done.update((r["id"], r) for r in records)
-                if writer is not None:
-                    writer.write_many(records)
-                bar.advance(len(records))
+        for records in runtime.collect(chunks, Path(out) if out else None, label, len(todo)):
+            done.update((r["id"], r) for r in records)
     finally:
         student.model.train(was_training)
     rows = [done[e.id] for e in examples]

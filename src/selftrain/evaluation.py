@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from rich.table import Table
 
-from selftrain import progress
-from selftrain.io import JsonlWriter, read_jsonl
+from selftrain.io import read_jsonl
 from selftrain.models import Student
 from selftrain.sampling import Engine, SamplingParams, generate
 from selftrain.tasks.base import Example, Task
@@ -73,15 +71,8 @@ def evaluate(
             ]
 
         mine = (judged(b) for b in generate(student, items, params, engine))
-        with (
-            JsonlWriter(out) if out and runtime.is_main else contextlib.nullcontext() as writer,
-            progress.bar(label, len(todo), enabled=runtime.is_main) as bar,
-        ):
-            for records in runtime.gather_batches(mine):
-                done.update((r["id"], r) for r in records)
-                if writer is not None:
-                    writer.write_many(records)
-                bar.advance(len(records))
+        for records in runtime.collect(mine, Path(out) if out else None, label, len(todo)):
+            done.update((r["id"], r) for r in records)
     rows = [done[e.id] for e in examples]
     correct = sum(r["correct"] for r in rows)
     lo, hi = wilson_interval(correct, len(rows))

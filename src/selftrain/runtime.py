@@ -11,10 +11,12 @@ directory.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -157,6 +159,26 @@ class Runtime:
             merged = [x for b in everyone if b for x in b]
             if merged:
                 yield merged
+
+    def collect(
+        self, batches: Iterable[list[dict]], out: Path | None, label: str, total: int
+    ) -> Iterator[list[dict]]:
+        """Every rank's record batches, gathered round after round (:meth:`gather_batches`);
+        rank 0 appends each to the JSONL file ``out`` as it comes, so a kill loses at most the
+        batches in flight, and shows the progress (``total`` records). Yields each batch."""
+        from selftrain.io import JsonlWriter
+        from selftrain.progress import bar
+
+        main = self.is_main
+        with (
+            JsonlWriter(out) if out is not None and main else contextlib.nullcontext() as writer,
+            bar(label, total, enabled=main) as progress,
+        ):
+            for records in self.gather_batches(batches):
+                if writer is not None:
+                    writer.write_many(records)
+                progress.advance(len(records))
+                yield records
 
     # ---- training --------------------------------------------------------------------------
     def prepare(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer):

@@ -18,7 +18,6 @@ Every arm starts from the same warm-up checkpoint, which is trained once.
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ import torch
 from selftrain import tasks
 from selftrain.config import DPOSTConfig, Recipe
 from selftrain.evaluation import evaluate
-from selftrain.io import JsonlWriter, read_jsonl, write_jsonl_atomic, write_text_atomic
+from selftrain.io import read_jsonl, write_jsonl_atomic, write_text_atomic
 from selftrain.models import Student
 from selftrain.pipeline.dpo_st_report import (
     calculator_table,
@@ -40,7 +39,7 @@ from selftrain.pipeline.dpo_st_report import (
 )
 from selftrain.pipeline.rundir import RunDir
 from selftrain.preference import dpo_st_pairs, pseudo_label_pools
-from selftrain.progress import bar, console, log, setup_logging
+from selftrain.progress import console, log, setup_logging
 from selftrain.runtime import Runtime
 from selftrain.sampling import Engine, SamplingParams, generate, make_engine
 from selftrain.tasks.base import Example, Task
@@ -455,14 +454,8 @@ def _sample(run: _Run, path: Path, weights: Path, k: int, seed: int, label: str)
 
     if todo:
         mine = (judged(b) for b in generate(student, items, params, run.engine))
-        with (
-            JsonlWriter(path) if runtime.is_main else contextlib.nullcontext() as w,
-            bar(f"{label} sample k={k}", len(todo) * k, enabled=runtime.is_main) as b,
-        ):
-            for records in runtime.gather_batches(mine):
-                if w is not None:
-                    w.write_many(records)
-                b.advance(len(records))
+        for _ in runtime.collect(mine, path, f"{label} sample k={k}", len(todo) * k):
+            pass
     return sample_stats(read_jsonl(path), k)
 
 

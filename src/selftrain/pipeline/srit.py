@@ -9,7 +9,6 @@ questions itself, rewards its paths by the ground truth and runs DPO against the
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -19,11 +18,11 @@ import torch
 from selftrain import tasks
 from selftrain.config import Recipe
 from selftrain.evaluation import accuracy_table, evaluate
-from selftrain.io import JsonlWriter, read_jsonl, write_jsonl_atomic
+from selftrain.io import read_jsonl, write_jsonl_atomic
 from selftrain.models import Student
 from selftrain.pipeline.rundir import RunDir
 from selftrain.preference import correct_vs_wrong, cot_vs_direct, to_first_divergence
-from selftrain.progress import bar, console, log, setup_logging
+from selftrain.progress import console, log, setup_logging
 from selftrain.runtime import Runtime
 from selftrain.sampling import Engine, SamplingParams, generate, make_engine
 from selftrain.tasks.base import Example, Task
@@ -360,14 +359,8 @@ def _samples(
                     ]
 
                 mine = (judged(b) for b in generate(student, items, params, engine))
-                with (
-                    JsonlWriter(path) if runtime.is_main else contextlib.nullcontext() as w,
-                    bar(f"sample {style}", len(todo) * k, enabled=runtime.is_main) as b,
-                ):
-                    for records in runtime.gather_batches(mine):
-                        if w is not None:
-                            w.write_many(records)
-                        b.advance(len(records))
+                for _ in runtime.collect(mine, path, f"sample {style}", len(todo) * k):
+                    pass
             rd.set_metric("samples", _sample_stats(read_jsonl(path), recipe.sampling.k))
     out: dict[str, dict[str, list[dict]]] = {s: {} for s in styles}
     for r in read_jsonl(path):
