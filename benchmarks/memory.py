@@ -132,7 +132,9 @@ def main() -> None:
     print(
         f"\nSampling holds the weights in bf16 (NF4 for QLoRA; full fine-tuning adds its fp32 "
         f"master copy, {total * 4 / GB:.1f} GiB, which FSDP2 runs keep in CPU memory while "
-        f"training) and a KV cache of {kv_cache(c, args.rows * args.seq) / GB:.1f} GiB."
+        f"training) and a KV cache of {kv_cache(c, args.rows * args.seq) / GB:.1f} GiB; the "
+        f"built-in sampler adds its merged bf16 copy of a LoRA student "
+        f"({total * 2 / GB:.1f} GiB) where that fits, vLLM holds its own copy instead."
     )
 
 
