@@ -71,7 +71,7 @@ class Runtime:
     def __init__(self, device: torch.device, accelerator: Any = None, fsdp: bool = False):
         self.device = device
         self.accelerator = accelerator
-        self.fsdp = fsdp  # FSDP2: training shards a copy of the student (training/parallel.py)
+        self.fsdp = fsdp  # FSDP2: training shards a copy of the student (training/trainer.py)
         self.rank = accelerator.process_index if accelerator else 0
         self.world = accelerator.num_processes if accelerator else 1
         self.local_rank = accelerator.local_process_index if accelerator else 0
@@ -183,7 +183,7 @@ class Runtime:
     # ---- training --------------------------------------------------------------------------
     def prepare(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer):
         """``(module, optimizer)`` wrapped for this run's processes by accelerate: DDP, or
-        FSDP2 (which shards the module in place: pass a copy, see training/parallel.py)."""
+        FSDP2 (which shards the module in place: pass a copy, see training/trainer.py)."""
         if not self.distributed:
             return module, optimizer
         if self.fsdp:
