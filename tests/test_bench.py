@@ -120,7 +120,8 @@ def test_cli_eval_and_tasks(tiny_dir, root, tmp_path):
             str(root),
             "--out",
             str(out),
-            "--no-bf16",
+            "--precision",
+            "fp32",
         ],
     )
     assert result.exit_code == 0, result.output

@@ -36,8 +36,10 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def test_default_recipe_loads():
     r = load_recipe()
     assert isinstance(r, Recipe)
-    assert r.name == "srit-arithmetic"
+    assert r.name == "srit-rft-arithmetic"
     assert r.method == "srit"
+    assert r.rft.enabled and r.dpo.enabled and r.student.autocast_bf16 == "auto"
+    assert r.eval.n >= 500  # paired comparisons need the power to see a gain
     assert r.student.model == "smollm2-135m-instruct"
     assert r.student.lora.r == 16
     assert r.pairs.policy == "correct_vs_wrong"
@@ -269,3 +271,17 @@ def test_micro_batches_and_the_engine_are_keys_of_every_method():
         load_recipe(st, {"sampling": {"k": 9}})  # the rest of sampling stays SRIT's
     with pytest.raises(RecipeError, match=r"sampling\.engine"):
         load_recipe(None, {"sampling": {"engine": "tgi"}})
+
+
+def test_srit_paper_recipe_is_the_papers_method():
+    r = load_recipe(default_recipe_path().with_name("srit_paper.yaml"))
+    assert r.pairs.policy == "cot_vs_direct"
+    assert not r.rft.enabled and r.dpo.enabled and r.dpo.nll_weight == 0
+    assert r.dpo.epochs == 1
+
+
+def test_autocast_takes_auto_or_a_bool():
+    assert load_recipe(None, {"student": {"autocast_bf16": "auto"}}).student.autocast_bf16 == "auto"
+    assert load_recipe(None, {"student": {"autocast_bf16": False}}).student.autocast_bf16 is False
+    with pytest.raises(RecipeError, match="autocast_bf16"):
+        load_recipe(None, {"student": {"autocast_bf16": "fast"}})

@@ -185,3 +185,36 @@ def test_device_names_resolve_or_say_what_is_wrong(monkeypatch):
         runtime.resolve_device("cuda:5")
     with pytest.raises(runtime.RuntimeSetupError, match="each takes its own"):
         runtime.resolve_device("cuda:1", local_rank=0, world=2)
+
+
+def test_precision_auto_probes_the_cpu_once(monkeypatch):
+    import torch
+
+    from selftrain import models
+
+    assert models.resolve_autocast(True, torch.device("cpu")) is True
+    assert models.resolve_autocast(False, torch.device("cpu")) is False
+    faster, rates = models.bf16_is_faster()
+    assert rates["float32"] > 0 and rates["bfloat16"] > 0
+    assert faster == (rates["bfloat16"] >= 1.1 * rates["float32"])
+    assert models.bf16_is_faster() is models.bf16_is_faster()  # measured once per process
+    monkeypatch.setattr(models, "bf16_is_faster", lambda: (True, {"float32": 1, "bfloat16": 2}))
+    assert models.resolve_autocast("auto", torch.device("cpu")) is True
+    monkeypatch.setattr(models, "bf16_is_faster", lambda: (False, {"float32": 2, "bfloat16": 1}))
+    assert models.resolve_autocast("auto", torch.device("cpu")) is False
+
+
+def test_a_student_resolves_auto_precision_to_a_bool(make_student):
+    student = make_student(autocast_bf16="auto")
+    assert isinstance(student.cfg.autocast_bf16, bool)
+
+
+def test_freed_memory_goes_back_to_the_system_on_glibc():
+    import platform
+
+    from selftrain.runtime import return_freed_memory
+
+    applied = return_freed_memory()
+    assert isinstance(applied, bool)
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert applied

@@ -180,3 +180,50 @@ def test_sampling_past_the_train_split_is_an_error(tiny_dir, tmp_path):
     recipe = _recipe(tiny_dir, sampling={"offset": 40}, eval={"evaluate_base": False})
     with pytest.raises(ValueError, match=r"sampling\.offset"):
         srit.run(recipe, tmp_path / "run")
+
+
+def test_rft_then_dpo_and_paired_comparisons(tiny_dir, tmp_path, monkeypatch):
+    from selftrain.tasks.arithmetic import ArithmeticTask
+
+    # a random model is never right: call every other path right, so RFT has data
+    monkeypatch.setattr(ArithmeticTask, "is_correct", lambda self, text, e: len(text) % 2 == 0)
+    recipe = _recipe(
+        tiny_dir,
+        rft={"enabled": True, "batch_size": 2, "paths_per_easy_question": 2},
+        eval={"evaluate_base": False, "control_n": 3},
+    )
+    run = tmp_path / "run"
+    metrics = srit.run(recipe, run)
+    kept = read_jsonl(run / "rft.jsonl")
+    samples = read_jsonl(run / "samples.jsonl")
+    right = {(r["id"], r["text"]) for r in samples if r["correct"]}
+    assert kept and all((r["id"], r["text"]) in right for r in kept)
+    assert metrics["rft_training"]["self_paths"] == len(kept)
+    assert metrics["rft_training"]["steps"] == -(-len(kept) // 2)
+    assert (run / "rft/model/adapter_model.safetensors").exists()
+    assert "rft" not in metrics  # evaluated: the last stage only
+    steps = metrics["rft_training"]["steps"] + metrics["dpo_training"]["steps"]
+    assert metrics["sft_more_training"]["steps"] == steps
+    assert metrics["sft_more"]["in_domain"]["n"] == 3
+    cmp = metrics["compare"]
+    assert set(cmp) == {"dpo_vs_sft", "dpo_vs_sft_more", "sft_more_vs_sft"}
+    assert cmp["dpo_vs_sft"]["in_domain"]["n"] == 5
+    assert cmp["dpo_vs_sft_more"]["out_of_domain"]["n"] == 3
+    assert 0 <= cmp["dpo_vs_sft"]["in_domain"]["p_value"] <= 1
+    assert "peak_rss_mb" in metrics and metrics["peak_rss_mb"]["rft"] > 0
+
+
+def test_rft_alone_is_the_self_refined_student(tiny_dir, tmp_path, monkeypatch):
+    from selftrain.tasks.arithmetic import ArithmeticTask
+
+    monkeypatch.setattr(ArithmeticTask, "is_correct", lambda self, text, e: len(text) % 2 == 0)
+    recipe = _recipe(
+        tiny_dir,
+        rft={"enabled": True, "batch_size": 4},
+        dpo={"enabled": False},
+        eval={"evaluate_base": False},
+    )
+    metrics = srit.run(recipe, tmp_path / "run")
+    assert "dpo_training" not in metrics and metrics["rft"]["in_domain"]["n"] == 5
+    assert metrics["sft_more_training"]["steps"] == metrics["rft_training"]["steps"]
+    assert "rft_vs_sft" in metrics["compare"]

@@ -225,3 +225,30 @@ def test_rejected_is_cut_after_its_first_wrong_line():
     assert to_first_divergence(chosen, chosen[:-2] + "41") == chosen[:-2] + "41"
     # a rejected path longer than the chosen one diverges where the chosen one ends
     assert to_first_divergence("a\nb", "a\nb\nc\nd") == "a\nb\nc\n"
+
+
+def test_rft_paths_keep_distinct_correct_paths_fewer_for_easy_questions():
+    from selftrain.preference import rft_paths
+
+    samples = {
+        "hard": [
+            {"text": "a", "correct": True},
+            {"text": "a", "correct": True},
+            {"text": "b", "correct": True},
+            {"text": "c", "correct": True},
+            {"text": "x", "correct": False},
+        ],
+        "easy": [{"text": "d", "correct": True}, {"text": "e", "correct": True}],
+        "none": [{"text": "y", "correct": False}],
+    }
+    kept = rft_paths(samples, per_question=2, per_easy_question=1, seed=0)
+    by_q = {}
+    for r in kept:
+        by_q.setdefault(r["id"], []).append(r)
+    assert len(by_q["hard"]) == 2 and len({r["text"] for r in by_q["hard"]}) == 2
+    assert not any(r["easy"] for r in by_q["hard"])
+    assert len(by_q["easy"]) == 1 and by_q["easy"][0]["easy"]
+    assert "none" not in by_q
+    assert rft_paths(samples, per_question=2, per_easy_question=0) == [
+        r for r in rft_paths(samples, per_question=2, per_easy_question=0) if not r["easy"]
+    ]

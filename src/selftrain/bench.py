@@ -19,11 +19,20 @@ import torch
 from selftrain.evaluation import evaluate, wilson_interval
 from selftrain.io import read_jsonl, write_json_atomic, write_text_atomic
 from selftrain.models import Student
+from selftrain.stats import compare
 from selftrain.tasks.base import Example
 from selftrain.tasks.benchmark import BenchmarkTask
 from selftrain.training.loop import collate, scorer_of, token_logps
 
-__all__ = ["evaluate_loglik", "markdown_table", "run_eval", "spread", "task_family"]
+__all__ = [
+    "compare_folders",
+    "compare_table",
+    "evaluate_loglik",
+    "markdown_table",
+    "run_eval",
+    "spread",
+    "task_family",
+]
 
 SCORING = ("generate", "loglik", "auto")
 
@@ -130,8 +139,11 @@ def run_eval(
     calculator: bool = False,
     train_task: str | None = None,
     model_name: str = "",
+    compare_to: Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``student`` on every task; write and return the results."""
+    """Evaluate ``student`` on every task; write and return the results. With
+    ``compare_to`` (another model's output folder), also the paired comparison of the two on
+    the questions both answered (:func:`compare_folders`)."""
     if scoring not in SCORING:
         raise ValueError(f"scoring must be one of {', '.join(SCORING)}, not {scoring!r}")
     results: dict[str, Any] = {}
@@ -179,10 +191,67 @@ def run_eval(
             accs = [r["accuracy"] for r in results.values() if r.get("domain") == domain]
             if accs:
                 summary[domain] = {"mean_accuracy": round(sum(accs) / len(accs), 4)}
+    if compare_to is not None:
+        summary["compare"] = {
+            "against": str(compare_to),
+            "tasks": compare_folders(out_dir, compare_to, only=[f"{t.name}" for t in tasks]),
+        }
     if student.runtime.is_main:
         write_json_atomic(out_dir / "results.json", summary)
         write_text_atomic(out_dir / "results.md", markdown_table(summary))
     return summary
+
+
+def compare_folders(a: Path, b: Path, only: Sequence[str] | None = None) -> dict[str, dict]:
+    """Paired comparison of two models' answers, task by task: ``a`` and ``b`` are output
+    folders of ``selftrain eval`` (``TASK.MODE.jsonl``) or of a run (``runs/NAME/eval/sft``:
+    ``SPLIT.jsonl``); every file name both hold (of the tasks in ``only``, if given) is compared
+    on the question ids both answered (:func:`selftrain.stats.compare`, A minus B)."""
+    out: dict[str, dict] = {}
+    for path in sorted(Path(a).glob("*.jsonl")):
+        other = Path(b) / path.name
+        name = path.name.removesuffix(".jsonl")
+        for mode in (".generate", ".loglik"):
+            name = name.removesuffix(mode)
+        if not other.is_file() or (only is not None and name not in {_file_name(t) for t in only}):
+            continue
+        out[name] = compare(_judged(path), _judged(other))
+    if not out:
+        raise ValueError(
+            f"{a} and {b} hold no answers to the same task (no JSONL file of the same name): "
+            "compare the output folders of two evaluations of the same tasks"
+        )
+    return out
+
+
+def _file_name(task: str) -> str:
+    return task.replace(":", "_")
+
+
+def _judged(path: Path) -> dict[str, bool]:
+    rows = read_jsonl(path)
+    bad = next((i for i, r in enumerate(rows, 1) if "id" not in r or "correct" not in r), None)
+    if bad is not None:
+        raise ValueError(f"{path}, record {bad}: no 'id' or 'correct' field (not an eval output)")
+    return {str(r["id"]): bool(r["correct"]) for r in rows}
+
+
+def compare_table(comparisons: dict[str, dict], a: str = "A", b: str = "B") -> str:
+    """Paired comparisons as a Markdown table."""
+    lines = [
+        f"# {a} vs {b} (paired: the same questions)",
+        "",
+        f"| task | n | {a} | {b} | difference | 95% CI | McNemar p | {a} only | {b} only |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, c in comparisons.items():
+        lo, hi = c["ci95"]
+        lines.append(
+            f"| {name} | {c['n']} | {100 * c['a']:.1f} | {100 * c['b']:.1f} "
+            f"| {100 * c['diff']:+.1f} | {100 * lo:+.1f} to {100 * hi:+.1f} "
+            f"| {c['p_value']:.3g} | {c['a_only']} | {c['b_only']} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
@@ -204,4 +273,9 @@ def markdown_table(summary: dict[str, Any]) -> str:
         if domain in summary:
             acc = summary[domain]["mean_accuracy"]
             lines.append(f"| mean | {domain} | | | | {100 * acc:.1f} | | |")
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    if "compare" in summary:
+        text += "\n" + compare_table(
+            summary["compare"]["tasks"], "this model", summary["compare"]["against"]
+        )
+    return text

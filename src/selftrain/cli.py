@@ -46,6 +46,9 @@ def run(
 
     Several processes: `accelerate launch --num_processes N -m selftrain run RECIPE`."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from selftrain.runtime import return_freed_memory
+
+    return_freed_memory()
     from selftrain.config import RecipeError, load_recipe
     from selftrain.models import ModelLoadError
     from selftrain.pipeline import dpo_st, srit
@@ -88,6 +91,13 @@ def _build_tasks(names: list[str], data_dir: Path | None, style: str, n_shots: i
     return built
 
 
+def _precision(name: str) -> bool | str:
+    choices = {"auto": "auto", "bf16": True, "fp32": False}
+    if name not in choices:
+        raise typer.BadParameter("auto, bf16 or fp32", param_hint="--precision")
+    return choices[name]
+
+
 @app.command("eval")
 def eval_(
     tasks: Annotated[str, typer.Option(help="comma-separated task names: gsm8k,svamp,mmlu:stem")],
@@ -118,14 +128,26 @@ def eval_(
     batch_size: Annotated[int, typer.Option(help="rows decoded together")] = 64,
     max_new_tokens: Annotated[int | None, typer.Option(help="default: per task")] = None,
     calculator: Annotated[bool, typer.Option(help="fill in <<expr=>> while decoding")] = False,
-    bf16: Annotated[bool, typer.Option(help="decode in bfloat16 (faster on CPU)")] = True,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 where a probe finds it faster), bf16 or fp32")
+    ] = "auto",
     device: Annotated[
         str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N")
     ] = "auto",
     system_prompt: Annotated[str | None, typer.Option(help="system message")] = None,
+    compare_to: Annotated[
+        Path | None,
+        typer.Option(
+            help="another model's output folder: a paired comparison on the same questions"
+        ),
+    ] = None,
 ) -> None:
-    """Accuracy of a model on benchmark tasks, with 95% intervals, as JSON and Markdown."""
+    """Accuracy of a model on benchmark tasks, with 95% intervals, as JSON and Markdown;
+    with --compare-to, the paired difference to another model (McNemar, 95% interval)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from selftrain.runtime import return_freed_memory
+
+    return_freed_memory()
     from rich.console import Console
     from rich.markdown import Markdown
 
@@ -142,7 +164,7 @@ def eval_(
             model=model,
             gguf_file=gguf_file,
             device=device,
-            autocast_bf16=bf16,
+            autocast_bf16=_precision(precision),
             system_prompt=system_prompt,
             lora=LoraConfig(enabled=False),
         )
@@ -164,6 +186,7 @@ def eval_(
             calculator=calculator,
             train_task=train_task,
             model_name=label,
+            compare_to=compare_to,
         )
     except (DataError, ModelLoadError, RuntimeSetupError, ValueError, KeyError) as e:
         typer.echo(f"error: {e}", err=True)
@@ -173,6 +196,37 @@ def eval_(
     if student.runtime.is_main:
         Console().print(Markdown(markdown_table(summary)))
         typer.echo(f"results: {folder / 'results.json'}, {folder / 'results.md'}")
+
+
+@app.command("compare")
+def compare_(
+    a: Annotated[
+        Path, typer.Argument(help="model A's answers: an eval --out folder or runs/NAME/eval/MODEL")
+    ],
+    b: Annotated[Path, typer.Argument(help="model B's answers, to the same questions")],
+    out: Annotated[Path | None, typer.Option(help="also write the comparison as JSON")] = None,
+) -> None:
+    """Paired comparison of two models' answers to the same questions: A's accuracy minus
+    B's, its 95% interval and the exact McNemar p-value, per task or split."""
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from selftrain.bench import compare_folders, compare_table
+    from selftrain.io import write_json_atomic
+
+    for folder in (a, b):
+        if not folder.is_dir():
+            typer.echo(f"error: {folder}: no such folder", err=True)
+            raise typer.Exit(1)
+    try:
+        result = compare_folders(a, b)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"A: {a}\nB: {b}")
+    Console().print(Markdown(compare_table(result)))
+    if out is not None:
+        write_json_atomic(out, {"a": str(a), "b": str(b), "tasks": result})
 
 
 @app.command("tasks")

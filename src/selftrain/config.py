@@ -47,7 +47,10 @@ class StudentConfig(_Strict):
     # weights' dtype; auto: float32 on the CPU; on a GPU, bfloat16 for a frozen base (LoRA)
     # and float32 master weights for full fine-tuning (add autocast_bf16 for bf16 matmuls)
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    autocast_bf16: bool = False  # bf16 autocast for matmuls (CPUs with AVX512-BF16, GPUs)
+    # bf16 autocast for matmuls. auto: on a GPU where bf16 is supported; on a CPU when a
+    # one-second probe finds bf16 matmuls faster than fp32 (2x faster on one 2-core AMD EPYC,
+    # 1.9x slower on a 2-core Intel Xeon, both with AVX512-BF16)
+    autocast_bf16: bool | Literal["auto"] = False
     # recompute activations in the backward pass (non-reentrant, works with LoRA): less memory
     gradient_checkpointing: bool = False
     # QLoRA: a 4-bit NF4 base (bitsandbytes) under bf16 LoRA adapters, as SRIT trained its students
@@ -177,7 +180,28 @@ class PairsConfig(_Strict):
     direct_instruction: str = "Give only the final answer as a number, with no working."
 
 
+class RFTConfig(_Strict):
+    """Rejection-sampling fine-tuning (STaR, Zelikman et al. 2022; RFT, Yuan et al. 2023): after
+    sampling, the stage-1 model is trained on its own correct, distinct paths (the ground
+    truth decides which), then DPO (if enabled) starts from it."""
+
+    enabled: bool = False
+    # distinct correct paths kept per question the student solved sometimes but not always,
+    # and per question it solved on every path (those teach it less)
+    paths_per_question: int = Field(2, ge=1)
+    paths_per_easy_question: int = Field(1, ge=0)
+    with_demos: bool = False  # train on the teacher's demonstrations too
+    lr: float = Field(2e-4, gt=0)
+    batch_size: int = Field(8, gt=0)  # examples per optimizer step, over all processes
+    micro_batch_size: int | None = Field(None, gt=0, description=_MICRO)
+    epochs: int = Field(1, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float = Field(1.0, gt=0)
+
+
 class DPOConfig(_Strict):
+    enabled: bool = True  # SRIT's stage 2; off: the self-refined student is RFT's
     loss: Literal["sigmoid", "ipo", "dpop"] = "sigmoid"
     beta: float = Field(0.1, gt=0)
     dpop_lambda: float = Field(50.0, ge=0)  # DPOP's penalty on a chosen answer losing likelihood
@@ -197,6 +221,7 @@ class EvalConfig(_Strict):
     n: int = Field(200, gt=0)  # questions per split
     n_per_split: dict[str, int] = {}  # overrides n for a split
     base_n: int | None = Field(None, gt=0)  # questions per split for the untrained student
+    control_n: int | None = Field(None, gt=0)  # questions per split for the sft_more control
     evaluate_base: bool = True
     max_new_tokens: int = Field(96, gt=0)
     batch_size: int = Field(64, gt=0)
@@ -283,7 +308,7 @@ class DPOSTConfig(_Strict):
 
 
 # sections only the SRIT method reads; DPO-ST keeps its own under ``dpo_st``
-_SRIT_ONLY = ("teacher", "sft", "sampling", "pairs", "dpo", "sft_more")
+_SRIT_ONLY = ("teacher", "sft", "sampling", "pairs", "rft", "dpo", "sft_more")
 
 
 class Recipe(_Strict):
@@ -301,9 +326,11 @@ class Recipe(_Strict):
     sft: SFTConfig = SFTConfig()
     sampling: SamplingConfig = SamplingConfig()
     pairs: PairsConfig = PairsConfig()
+    rft: RFTConfig = RFTConfig()
     dpo: DPOConfig = DPOConfig()
     eval: EvalConfig = EvalConfig()
-    sft_more: bool = True  # the control: SFT trained on for as many steps as DPO took
+    # the control: SFT on the demonstrations trained on for as many steps as RFT and DPO took
+    sft_more: bool = True
     dpo_st: DPOSTConfig | None = None  # method dpo_st / self_training (defaults when absent)
 
     @model_validator(mode="after")

@@ -49,6 +49,28 @@ def correct_vs_wrong(
     return pairs
 
 
+def rft_paths(
+    samples: Mapping[str, Sequence[dict]],
+    *,
+    per_question: int,
+    per_easy_question: int,
+    seed: int = 0,
+) -> list[dict]:
+    """Rejection sampling's training data: per question, up to ``per_question`` distinct
+    correct paths (``per_easy_question`` where every path was correct: those the model
+    already answers, which teach it less; Yuan et al. 2023 found the gain grows with the
+    number of distinct correct paths). Returns ``{"id", "text", "easy"}`` records."""
+    rng = random.Random(seed)
+    out = []
+    for qid, paths in samples.items():
+        good = _unique(p["text"] for p in paths if p["correct"])
+        easy = all(p["correct"] for p in paths)
+        rng.shuffle(good)
+        for text in good[: per_easy_question if easy else per_question]:
+            out.append({"id": qid, "text": text, "easy": easy})
+    return out
+
+
 def cot_vs_direct(
     cot: Mapping[str, Sequence[dict]],
     direct: Mapping[str, Sequence[dict]],

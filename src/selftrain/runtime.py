@@ -243,3 +243,23 @@ def _assert_fsdp(accelerator: Any) -> None:
     # the student is already loaded on every rank; accelerate's meta-device loading would
     # re-point the parameters it shares with the training copy
     state.fsdp_plugin.cpu_ram_efficient_loading = False
+
+
+def return_freed_memory() -> bool:
+    """Have glibc hand every freed allocation of 1 MiB or more back to the system at once.
+
+    Its default threshold grows to the largest block freed so far (up to 32 MiB), so a decode
+    step's logits and KV-cache copies come from a heap that holds on to them afterwards. A
+    fixed 1 MiB threshold (``mallopt(M_MMAP_THRESHOLD)``) lowered the peak memory of a greedy
+    evaluation of the default student from 3634 to 2738 MB at the same speed (112 vs 115 s,
+    160 questions, batch 128, this 2-core CPU). Returns whether it applied (glibc only)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, 1 << 20))  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc (musl): leave the allocator as it is
+        return False

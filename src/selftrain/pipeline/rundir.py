@@ -89,11 +89,16 @@ class RunDir:
         finally:
             secs = self.state["seconds"]
             secs[name] = round(secs.get(name, 0.0) + time.monotonic() - start, 1)
+            peak = _peak_rss_mb()
+            if peak is not None:  # the process's peak so far: the stage that raised it shows
+                self.state.setdefault("peak_rss_mb", {})[name] = peak
             self._save_state()
         self.state["done"].append(name)
         self._save_state()
         if self.metrics:  # keep metrics.json's timings complete, this stage's included
             self.set_metric("stage_seconds", dict(self.state["seconds"]))
+            if "peak_rss_mb" in self.state:
+                self.set_metric("peak_rss_mb", dict(self.state["peak_rss_mb"]))
         self.runtime.barrier()
         if not self.runtime.is_main:
             self._read()
@@ -112,6 +117,18 @@ class RunDir:
     def _save_state(self) -> None:
         if self.runtime.is_main:
             write_json_atomic(self._state_path, self.state)
+
+
+def _peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far, in MB (None where getrusage cannot say)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return None
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
 def _with_defaults(saved: Any) -> Any:

@@ -1,10 +1,12 @@
 """Self-refine instruction-tuning (Ranaldi & Freitas, 2024), end to end.
 
 Stages, each resumable from the run directory:
-  data -> base eval -> demos -> sft (+ eval) -> samples -> pairs -> dpo (+ eval)
-  -> sft_more control (+ eval) -> report.
+  data -> base eval -> demos -> sft (+ eval) -> samples -> pairs -> rft -> dpo (+ eval of the
+  last) -> sft_more control (+ eval) -> paired comparisons.
 Stage 1 tunes the student on verified teacher demonstrations; stage 2 has it answer training
-questions itself, rewards its paths by the ground truth and runs DPO against the stage-1 model.
+questions itself and rewards its paths by the ground truth; RFT (``rft.enabled``) trains the
+stage-1 model on its correct paths, and DPO runs on (correct, wrong) pairs against the model
+it starts from.
 """
 
 from __future__ import annotations
@@ -21,16 +23,17 @@ from selftrain.evaluation import accuracy_table, evaluate
 from selftrain.io import read_jsonl, write_jsonl_atomic
 from selftrain.models import Student
 from selftrain.pipeline.rundir import RunDir
-from selftrain.preference import correct_vs_wrong, cot_vs_direct, to_first_divergence
+from selftrain.preference import correct_vs_wrong, cot_vs_direct, rft_paths, to_first_divergence
 from selftrain.progress import console, log, setup_logging
 from selftrain.runtime import Runtime
 from selftrain.sampling import Engine, SamplingParams, generate, make_engine
+from selftrain.stats import compare, describe
 from selftrain.tasks.base import Example, Task
 from selftrain.teachers import TeacherError, build_teacher, kept_demos, prices_of, run_demos
 from selftrain.training.dpo import reference_logps, train_dpo
 from selftrain.training.sft import SFTResult, train_sft, validation_loss
 
-MODELS = ("base", "sft", "sft_more", "dpo")
+MODELS = ("base", "sft", "sft_more", "rft", "dpo")
 
 
 def run(recipe: Recipe, run_dir: str | Path) -> dict:
@@ -67,6 +70,9 @@ def run(recipe: Recipe, run_dir: str | Path) -> dict:
         engine.close()
     if main:
         console.print(accuracy_table(rd.metrics, MODELS, recipe.eval.splits))
+        for name, by_split in rd.metrics.get("compare", {}).items():
+            cells = "; ".join(f"{s} {describe(c)}" for s, c in by_split.items())
+            console.print(f"{name}: {cells}")
         console.print(f"stage seconds: {rd.state['seconds']}")
         console.print(f"metrics: {rd / 'metrics.json'}")
     return rd.metrics
@@ -100,18 +106,134 @@ def _stages(
     samples = _samples(rd, student, task, splits["train"], recipe, engine)
     pairs = _pairs(rd, samples, {qid: texts[0] for qid, texts in demos.items()}, recipe)
 
-    dpo_steps = rd.metrics.get("dpo_training", {}).get("steps", 0)
-    if not pairs:
+    start, steps = sft, 0  # the weights stage 2's next step starts from; its steps so far
+    final = None
+    if recipe.rft.enabled:
+        rft = _rft_stage(rd, student, task, splits, samples, demos, recipe, sft)
+        if rft is not None:
+            (start, steps), final = rft, "rft"
+    if recipe.dpo.enabled and not pairs:
         msg = (
             "no preference pairs: every sampled path was right, or every one wrong with no "
-            "teacher fallback; DPO and its control are skipped"
+            "teacher fallback; DPO is skipped"
         )
         log.warning(msg)
         rd.set_metric("dpo", {"skipped": msg})
+    elif recipe.dpo.enabled:
+        steps += _dpo_stage(rd, student, task, splits, pairs, recipe, start)
+        final = "dpo"
+    if final is None:
         return
+    _evaluate_stage(rd, final, student, task, splits, recipe, engine, weights=rd / final / "model")
+
+    if recipe.sft_more:
+        if not rd.done("sft_more_train"):
+            with rd.stage("sft_more_train"):
+                student.load_weights(sft)
+                c = recipe.sft
+                train_sft(
+                    student,
+                    sft_data,
+                    lr=c.lr,
+                    batch_size=c.batch_size,
+                    micro_batch_size=c.micro_batch_size,
+                    max_steps=steps,
+                    weight_decay=c.weight_decay,
+                    warmup_ratio=c.warmup_ratio,
+                    grad_clip=c.grad_clip,
+                    seed=recipe.seed + 1,
+                    label="sft_more",
+                )
+                student.save(rd / "sft_more" / "model")
+                rd.set_metric("sft_more_training", {"steps": steps})
+        more = rd / "sft_more" / "model"
+        _evaluate_stage(
+            rd,
+            "sft_more",
+            student,
+            task,
+            splits,
+            recipe,
+            engine,
+            n=recipe.eval.control_n,
+            weights=more,
+        )
+    _compare_stage(rd, final, recipe)
+
+
+def _rft_stage(
+    rd, student, task, splits, samples, demos, recipe: Recipe, sft: Path
+) -> tuple[Path, int] | None:
+    """Rejection-sampling fine-tuning from the stage-1 model on its own correct, distinct
+    paths (and the demonstrations with ``rft.with_demos``); returns (its weights, its steps),
+    or None when there was nothing to train on."""
+    c = recipe.rft
+    path = rd / "rft.jsonl"
+    if not rd.done("rft_data"):
+        with rd.stage("rft_data"):
+            kept = rft_paths(
+                samples["cot"],
+                per_question=c.paths_per_question,
+                per_easy_question=c.paths_per_easy_question,
+                seed=recipe.seed,
+            )
+            if rd.runtime.is_main:
+                write_jsonl_atomic(path, kept)
+    kept = read_jsonl(path)
+    if not rd.done("rft"):
+        with rd.stage("rft"):
+            train = {e.id: e for e in splits["train"]}
+            data = [(train[r["id"]], r["text"]) for r in kept]
+            if c.with_demos:
+                data += _demo_examples(splits["train"], demos)
+            if not data:
+                msg = (
+                    "no RFT data: the student answered no sampled question correctly (raise "
+                    "sampling.k or sampling.n_questions, or set rft.with_demos: true); RFT is "
+                    "skipped"
+                )
+                log.warning(msg)
+                rd.set_metric("rft_training", {"skipped": msg})
+                return
+            tokens = [
+                (student.prompt_ids(task.prompt(e)), student.completion_ids(t)) for e, t in data
+            ]
+            student.load_weights(sft)
+            res = train_sft(
+                student,
+                tokens,
+                lr=c.lr,
+                batch_size=c.batch_size,
+                micro_batch_size=c.micro_batch_size,
+                epochs=c.epochs,
+                weight_decay=c.weight_decay,
+                warmup_ratio=c.warmup_ratio,
+                grad_clip=c.grad_clip,
+                seed=recipe.seed + 2,
+                label="rft",
+            )
+            student.save(rd / "rft" / "model")
+            rd.set_metric(
+                "rft_training",
+                {
+                    "steps": res.steps,
+                    "examples": len(tokens),
+                    "self_paths": len(kept),
+                    "questions": len({r["id"] for r in kept}),
+                    "easy_questions": len({r["id"] for r in kept if r["easy"]}),
+                },
+            )
+    if "skipped" in rd.metrics["rft_training"]:
+        return None
+    return rd / "rft" / "model", rd.metrics["rft_training"]["steps"]
+
+
+def _dpo_stage(rd, student, task, splits, pairs, recipe: Recipe, start: Path) -> int:
+    """DPO from ``start`` (the stage-1 or RFT model), which is also its reference; returns its
+    optimizer steps."""
     if not rd.done("dpo"):
         with rd.stage("dpo"):
-            student.load_weights(sft)
+            student.load_weights(start)
             train = {e.id: e for e in splits["train"]}
             tok = [
                 (
@@ -127,35 +249,31 @@ def _stages(
             res = train_dpo(student, tok, recipe.dpo, seed=recipe.seed, ref=ref)
             student.save(rd / "dpo" / "model")
             rd.write_json("dpo/history.json", res.history)
-            dpo_steps = res.steps
             rd.set_metric(
                 "dpo_training", {"steps": res.steps, "pairs": len(pairs), "last": res.history[-1]}
             )
-    dpo = rd / "dpo" / "model"
-    _evaluate_stage(rd, "dpo", student, task, splits, recipe, engine, weights=dpo)
+    return rd.metrics["dpo_training"]["steps"]
 
-    if recipe.sft_more:
-        if not rd.done("sft_more_train"):
-            with rd.stage("sft_more_train"):
-                student.load_weights(sft)
-                c = recipe.sft
-                train_sft(
-                    student,
-                    sft_data,
-                    lr=c.lr,
-                    batch_size=c.batch_size,
-                    micro_batch_size=c.micro_batch_size,
-                    max_steps=dpo_steps,
-                    weight_decay=c.weight_decay,
-                    warmup_ratio=c.warmup_ratio,
-                    grad_clip=c.grad_clip,
-                    seed=recipe.seed + 1,
-                    label="sft_more",
-                )
-                student.save(rd / "sft_more" / "model")
-                rd.set_metric("sft_more_training", {"steps": dpo_steps})
-        more = rd / "sft_more" / "model"
-        _evaluate_stage(rd, "sft_more", student, task, splits, recipe, engine, weights=more)
+
+def _compare_stage(rd: RunDir, final: str, recipe: Recipe) -> None:
+    """Paired comparisons of the self-refined student with sft and sft_more (and of sft_more
+    with sft) on the questions both answered: metrics.json's ``compare``."""
+    out = {}
+    models = [m for m in ("sft", "sft_more") if rd.done(f"eval_{m}")]
+    versus = [(final, m) for m in models] + ([("sft_more", "sft")] if len(models) == 2 else [])
+    for a, b in versus:
+        out[f"{a}_vs_{b}"] = {
+            split: compare(
+                _judged(rd / "eval" / a / f"{split}.jsonl"),
+                _judged(rd / "eval" / b / f"{split}.jsonl"),
+            )
+            for split in recipe.eval.splits
+        }
+    rd.set_metric("compare", out)
+
+
+def _judged(path: Path) -> dict[str, bool]:
+    return {r["id"]: bool(r["correct"]) for r in read_jsonl(path)}
 
 
 def _train_sft(rd, student, task, splits, recipe: Recipe, engine: Engine, sft_data) -> SFTResult:
@@ -221,6 +339,14 @@ def _data(rd: RunDir, task: Task, recipe: Recipe) -> dict[str, list[Example]]:
                     split, recipe.eval.n_per_split.get(split, recipe.eval.n)
                 )
                 examples = task.load(split, n)
+                if len(examples) < n:
+                    log.warning(
+                        "split %s has %d questions, fewer than the %d asked for (recipe key "
+                        "eval.n, or the task's size, e.g. task.args.n_test)",
+                        split,
+                        len(examples),
+                        n,
+                    )
                 write_jsonl_atomic(rd / "data" / f"{split}.jsonl", (e.to_dict() for e in examples))
     return {
         s: [Example.from_dict(d) for d in read_jsonl(rd / "data" / f"{s}.jsonl")] for s in needed
