@@ -189,7 +189,7 @@ def test_rft_then_dpo_and_paired_comparisons(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(ArithmeticTask, "is_correct", lambda self, text, e: len(text) % 2 == 0)
     recipe = _recipe(
         tiny_dir,
-        rft={"enabled": True, "batch_size": 2, "paths_per_easy_question": 2},
+        rft={"enabled": True, "batch_size": 2, "epochs": 1, "paths_per_easy_question": 2},
         eval={"evaluate_base": False, "control_n": 3},
     )
     run = tmp_path / "run"
