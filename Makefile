@@ -1,5 +1,5 @@
 # make test: create/refresh .venv, install selftrain into it, run the tests.
-# make demo: the same install, then the default recipe (SRIT on SmolLM2-135M, 17-29 min, 2 cores).
+# make demo: the same install, then the default recipe (SFT, RFT and DPO on SmolLM2-135M, ~46 min, 2 cores).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -37,7 +37,7 @@ demo: $(STAMP)
 	$(BIN)/selftrain run --run-dir $(RUN_DIR)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks experiments
 	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
