@@ -227,3 +227,30 @@ def test_rft_alone_is_the_self_refined_student(tiny_dir, tmp_path, monkeypatch):
     assert "dpo_training" not in metrics and metrics["rft"]["in_domain"]["n"] == 5
     assert metrics["sft_more_training"]["steps"] == metrics["rft_training"]["steps"]
     assert "rft_vs_sft" in metrics["compare"]
+
+
+def test_ablation_arms_start_from_the_runs_sft_model(tiny_dir, tmp_path, monkeypatch, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from selftrain.tasks.arithmetic import ArithmeticTask
+
+    monkeypatch.setattr(ArithmeticTask, "is_correct", lambda self, text, e: len(text) % 2 == 0)
+    run = tmp_path / "run"
+    srit.run(_recipe(tiny_dir, rft={"enabled": True, "batch_size": 4}), run)
+    path = Path(__file__).parents[1] / "experiments" / "ablation.py"
+    spec = importlib.util.spec_from_file_location("ablation", path)
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    assert ablation.main([str(run), "--arms", "dpo,rft+dpo"]) == 0
+    arm = run / "ablation" / "dpo"
+    # the arm reused the run's stage-1 model and samples, and trained DPO from that model
+    assert (arm / "sft/model/adapter_model.safetensors").read_bytes() == (
+        run / "sft/model/adapter_model.safetensors"
+    ).read_bytes()
+    assert read_jsonl(arm / "samples.jsonl") == read_jsonl(run / "samples.jsonl")
+    metrics = json.loads((arm / "metrics.json").read_text())
+    assert "rft_training" not in metrics and metrics["dpo_training"]["steps"] > 0
+    assert not (run / "ablation" / "rft+dpo").exists()  # the run's own recipe: reused
+    out = capsys.readouterr().out
+    assert "| dpo |" in out and "| rft+dpo |" in out and "p=" in out
