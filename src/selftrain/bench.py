@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from selftrain.evaluation import evaluate, wilson_interval
+from selftrain.evaluation import correct_by_id, evaluate, wilson_interval
 from selftrain.io import read_jsonl, write_json_atomic, write_text_atomic
 from selftrain.models import Student
 from selftrain.stats import compare
@@ -215,7 +215,7 @@ def compare_folders(a: Path, b: Path, only: Sequence[str] | None = None) -> dict
             name = name.removesuffix(mode)
         if not other.is_file() or (only is not None and name not in {_file_name(t) for t in only}):
             continue
-        out[name] = compare(_judged(path), _judged(other))
+        out[name] = compare(correct_by_id(path), correct_by_id(other))
     if not out:
         raise ValueError(
             f"{a} and {b} hold no answers to the same task (no JSONL file of the same name): "
@@ -226,14 +226,6 @@ def compare_folders(a: Path, b: Path, only: Sequence[str] | None = None) -> dict
 
 def _file_name(task: str) -> str:
     return task.replace(":", "_")
-
-
-def _judged(path: Path) -> dict[str, bool]:
-    rows = read_jsonl(path)
-    bad = next((i for i, r in enumerate(rows, 1) if "id" not in r or "correct" not in r), None)
-    if bad is not None:
-        raise ValueError(f"{path}, record {bad}: no 'id' or 'correct' field (not an eval output)")
-    return {str(r["id"]): bool(r["correct"]) for r in rows}
 
 
 def compare_table(comparisons: dict[str, dict], a: str = "A", b: str = "B") -> str:

@@ -84,6 +84,15 @@ def evaluate(
     }
 
 
+def correct_by_id(path: str | Path) -> dict[str, bool]:
+    """Question id -> whether the answer was right, from an evaluation's JSONL file."""
+    rows = read_jsonl(path)
+    bad = next((i for i, r in enumerate(rows, 1) if "id" not in r or "correct" not in r), None)
+    if bad is not None:
+        raise ValueError(f"{path}, record {bad}: no 'id' or 'correct' field (not an eval output)")
+    return {str(r["id"]): bool(r["correct"]) for r in rows}
+
+
 def accuracy_table(metrics: dict, models: Sequence[str], splits: Sequence[str]) -> Table:
     """A rich table: one row per model, accuracy (and n) per split."""
     table = Table(title="accuracy (greedy)")

@@ -19,7 +19,7 @@ import torch
 
 from selftrain import tasks
 from selftrain.config import Recipe
-from selftrain.evaluation import accuracy_table, evaluate
+from selftrain.evaluation import accuracy_table, correct_by_id, evaluate
 from selftrain.io import read_jsonl, write_jsonl_atomic
 from selftrain.models import Student
 from selftrain.pipeline.rundir import RunDir
@@ -130,17 +130,11 @@ def _stages(
         if not rd.done("sft_more_train"):
             with rd.stage("sft_more_train"):
                 student.load_weights(sft)
-                c = recipe.sft
                 train_sft(
                     student,
                     sft_data,
-                    lr=c.lr,
-                    batch_size=c.batch_size,
-                    micro_batch_size=c.micro_batch_size,
+                    **_optimizer(recipe.sft),
                     max_steps=steps,
-                    weight_decay=c.weight_decay,
-                    warmup_ratio=c.warmup_ratio,
-                    grad_clip=c.grad_clip,
                     seed=recipe.seed + 1,
                     label="sft_more",
                 )
@@ -202,13 +196,8 @@ def _rft_stage(
             res = train_sft(
                 student,
                 tokens,
-                lr=c.lr,
-                batch_size=c.batch_size,
-                micro_batch_size=c.micro_batch_size,
+                **_optimizer(c),
                 epochs=c.epochs,
-                weight_decay=c.weight_decay,
-                warmup_ratio=c.warmup_ratio,
-                grad_clip=c.grad_clip,
                 seed=recipe.seed + 2,
                 label="rft",
             )
@@ -264,16 +253,12 @@ def _compare_stage(rd: RunDir, final: str, recipe: Recipe) -> None:
     for a, b in versus:
         out[f"{a}_vs_{b}"] = {
             split: compare(
-                _judged(rd / "eval" / a / f"{split}.jsonl"),
-                _judged(rd / "eval" / b / f"{split}.jsonl"),
+                correct_by_id(rd / "eval" / a / f"{split}.jsonl"),
+                correct_by_id(rd / "eval" / b / f"{split}.jsonl"),
             )
             for split in recipe.eval.splits
         }
     rd.set_metric("compare", out)
-
-
-def _judged(path: Path) -> dict[str, bool]:
-    return {r["id"]: bool(r["correct"]) for r in read_jsonl(path)}
 
 
 def _train_sft(rd, student, task, splits, recipe: Recipe, engine: Engine, sft_data) -> SFTResult:
@@ -305,18 +290,19 @@ def _train_sft(rd, student, task, splits, recipe: Recipe, engine: Engine, sft_da
     return train_sft(
         student,
         sft_data,
-        lr=c.lr,
-        batch_size=c.batch_size,
-        micro_batch_size=c.micro_batch_size,
+        **_optimizer(c),
         epochs=c.max_epochs,
-        weight_decay=c.weight_decay,
-        warmup_ratio=c.warmup_ratio,
-        grad_clip=c.grad_clip,
         seed=recipe.seed,
         validate=validate,
         eval_every=c.eval_every,
         patience=c.patience,
     )
+
+
+def _optimizer(c) -> dict:
+    """The optimizer settings ``train_sft`` takes from an SFT-like config (sft, rft)."""
+    keys = ("lr", "batch_size", "micro_batch_size", "weight_decay", "warmup_ratio", "grad_clip")
+    return {k: getattr(c, k) for k in keys}
 
 
 # ---- stages ----------------------------------------------------------------------------------
