@@ -1,5 +1,5 @@
 # make test: create/refresh .venv, install selftrain into it, run the tests.
-# make demo: the same install, then the default recipe (SFT, RFT and DPO on SmolLM2-135M, ~46 min, 2 cores).
+# make demo: the same install, then the default recipe (SFT then RFT on SmolLM2-135M, ~60 min, 2 cores).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

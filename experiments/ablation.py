@@ -2,7 +2,7 @@
 trained from one finished run's stage-1 model on that run's own samples and pairs, and
 evaluated on the same questions as its sft model (paired comparisons).
 
-    python experiments/ablation.py runs/demo --arms rft,dpo,rft+dpo
+    python experiments/ablation.py runs/demo --arms rft,rft+demos,dpo,rft+demos+dpo
 
 Each arm is a run directory under RUN/ablation/ARM that starts with RUN's finished stages
 (data, demonstrations, sft and its evaluation, samples, pairs) and runs the rest of the
@@ -25,11 +25,12 @@ from selftrain.io import read_json, write_json_atomic, write_text_atomic
 from selftrain.pipeline import srit
 from selftrain.stats import describe
 
-ARMS = {
-    "rft": {"rft": {"enabled": True}, "dpo": {"enabled": False}},
-    "dpo": {"rft": {"enabled": False}, "dpo": {"enabled": True}},
-    "rft+dpo": {"rft": {"enabled": True}, "dpo": {"enabled": True}},
+ARMS = {  # each arm's stage-2 settings in full, so an arm means the same in every run
+    "rft": {"rft": {"enabled": True, "with_demos": False}, "dpo": {"enabled": False}},
     "rft+demos": {"rft": {"enabled": True, "with_demos": True}, "dpo": {"enabled": False}},
+    "dpo": {"rft": {"enabled": False}, "dpo": {"enabled": True}},
+    "rft+dpo": {"rft": {"enabled": True, "with_demos": False}, "dpo": {"enabled": True}},
+    "rft+demos+dpo": {"rft": {"enabled": True, "with_demos": True}, "dpo": {"enabled": True}},
 }
 SHARED = ["data", "demos.jsonl", "samples.jsonl", "pairs.jsonl", "sft", "eval/sft"]
 SHARED_STAGES = ["data", "demos", "sft", "eval_sft", "samples", "pairs"]

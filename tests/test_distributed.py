@@ -113,7 +113,8 @@ def _recipe(tiny_dir, path: Path) -> Path:
             "micro_batch_size": 1,
         },
         "sampling": {"n_questions": 10, "offset": 0, "k": 2, "max_new_tokens": 8, "batch_size": 4},
-        "dpo": {"batch_size": 2},
+        "rft": {"with_demos": False},
+        "dpo": {"enabled": True, "batch_size": 2},
         "eval": {"n": 5, "max_new_tokens": 8, "splits": ["in_domain", "out_of_domain"]},
     }
     path.write_text(yaml.safe_dump(recipe))

@@ -213,7 +213,8 @@ def _vllm_recipe(tiny_dir):
                 "engine": "vllm",
                 "vllm": {"prompts_per_call": 2},
             },
-            "dpo": {"batch_size": 2},
+            "rft": {"with_demos": False},
+            "dpo": {"enabled": True, "batch_size": 2},
             "eval": {"n": 5, "max_new_tokens": 8, "splits": ["in_domain"]},
         },
     )
