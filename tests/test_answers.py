@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from selftrain.answers import extract_number, is_correct_number, numbers_equal
+from selftrain.verify.numbers import extract_number, is_correct_number, numbers_equal
 
 
 @pytest.mark.parametrize(

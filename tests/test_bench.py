@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from selftrain import tasks
-from selftrain.bench import evaluate_loglik, markdown_table, run_eval, spread
+from selftrain.eval.suite import evaluate_loglik, markdown_table, run_eval, spread
 from selftrain.cli import app
 from selftrain.io import read_jsonl
 from selftrain.models import ModelLoadError

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from selftrain.choice_answers import (
+from selftrain.verify.choices import (
     extract_choice_letter,
     extract_yes_no,
     find_choice_letter,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from selftrain.answers import canonical_number, number_matches, parse_number
+from selftrain.verify.numbers import canonical_number, number_matches, parse_number
 from selftrain.tasks import benchmark, get
 from selftrain.tasks.base import Example
 from selftrain.tasks.data import DataError, data_dir

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from selftrain.calculator import (
+from selftrain.sampling.calculator import (
     MAX_EXPRESSION_CHARS,
     calculate,
     fill,

@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from selftrain.bench import compare_folders
+from selftrain.eval.suite import compare_folders
 from selftrain.cli import app
 from selftrain.stats import compare, describe, mcnemar_exact, paired_interval
 

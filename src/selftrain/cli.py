@@ -151,7 +151,7 @@ def eval_(
     from rich.console import Console
     from rich.markdown import Markdown
 
-    from selftrain.bench import run_eval
+    from selftrain.eval.suite import run_eval
     from selftrain.config import LoraConfig, StudentConfig
     from selftrain.models import ModelLoadError, Student
     from selftrain.runtime import Runtime, RuntimeSetupError
@@ -191,7 +191,7 @@ def eval_(
     except (DataError, ModelLoadError, RuntimeSetupError, ValueError, KeyError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
-    from selftrain.bench import markdown_table
+    from selftrain.eval.suite import markdown_table
 
     if student.runtime.is_main:
         Console().print(Markdown(markdown_table(summary)))
@@ -211,7 +211,7 @@ def compare_(
     from rich.console import Console
     from rich.markdown import Markdown
 
-    from selftrain.bench import compare_folders, compare_table
+    from selftrain.eval.suite import compare_folders, compare_table
     from selftrain.io import write_json_atomic
 
     for folder in (a, b):

@@ -28,7 +28,7 @@ import torch
 
 from selftrain import tasks
 from selftrain.config import DPOSTConfig, Recipe
-from selftrain.evaluation import evaluate
+from selftrain.eval.generative import evaluate
 from selftrain.io import read_jsonl, write_jsonl_atomic, write_text_atomic
 from selftrain.models import Student
 from selftrain.pipeline.dpo_st_report import (

@@ -19,7 +19,7 @@ import torch
 
 from selftrain import tasks
 from selftrain.config import Recipe
-from selftrain.evaluation import accuracy_table, correct_by_id, evaluate
+from selftrain.eval.generative import accuracy_table, correct_by_id, evaluate
 from selftrain.io import read_jsonl, write_jsonl_atomic
 from selftrain.models import Student
 from selftrain.pipeline.rundir import RunDir

@@ -61,7 +61,7 @@ class SamplingParams:
     # 2 * batch_size sequences are in flight)
     batch_size: int = 64
     seed: int = 0
-    calculator: bool = False  # fill in ``<<expr=`` annotations (see selftrain.calculator)
+    calculator: bool = False  # fill in ``<<expr=`` annotations (see selftrain.sampling.calculator)
     stop: str | None = None  # regex: a row stops once its text matches it at the end
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from selftrain import calculator
+from selftrain.sampling import calculator
 
 
 class StopHook:

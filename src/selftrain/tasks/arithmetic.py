@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from selftrain.answers import extract_number, is_correct_number
+from selftrain.verify.numbers import extract_number, is_correct_number
 from selftrain.tasks.base import Example
 
 __all__ = ["OPS", "SPLITS", "ArithmeticTask"]

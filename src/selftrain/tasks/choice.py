@@ -5,7 +5,7 @@ option texts in order. Tasks: ``aqua``, ``csqa``, ``obqa``, ``siqa``, ``piqa``,
 ``arc_challenge`` and ``mmlu`` (``mmlu:stem``, ``mmlu:abstract_algebra``, ...).
 Yes/no (``kind = "yesno"``): ``strategyqa``, whose ``answer`` is ``"yes"`` or ``"no"``.
 
-Judging is in :mod:`selftrain.choice_answers`: ``extract`` reads a letter (or yes/no) and
+Judging is in :mod:`selftrain.verify.choices`: ``extract`` reads a letter (or yes/no) and
 ``is_correct`` also accepts the exact text of the gold option when no explicit letter is given.
 For log-likelihood scoring, ``choice_continuations(ex)[i]`` is scored after the prompt and
 ``choice_answers(ex)[i]`` is the answer it stands for.
@@ -19,7 +19,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, ClassVar
 
-from selftrain.choice_answers import extract_choice_letter, extract_yes_no, judge_choice
+from selftrain.verify.choices import extract_choice_letter, extract_yes_no, judge_choice
 from selftrain.tasks import register
 from selftrain.tasks.base import Example
 from selftrain.tasks.benchmark import BenchmarkTask, letters

@@ -1,7 +1,7 @@
 """Numeric math word problems: GSM8K, MultiArith, SVAMP, ASDiv, AddSub and SingleEq.
 
 Every task here has ``kind = "number"``: ``answer`` is a canonical number string (see
-:func:`selftrain.answers.canonical_number`: ``39.0`` -> "39", "1,080" -> "1080", non-integers
+:func:`selftrain.verify.numbers.canonical_number`: ``39.0`` -> "39", "1,080" -> "1080", non-integers
 keep their decimals, ASDiv's fractions and ratios stay "5/2" / "3:4"). ``extract`` reads the
 final answer of a completion (``#### N``, else "The answer is N", else ``\\boxed{N}``, else the
 last number) and ``is_correct`` compares numbers: integers exactly, other values within
@@ -35,7 +35,7 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
-from selftrain.answers import canonical_number, extract_number, number_matches
+from selftrain.verify.numbers import canonical_number, extract_number, number_matches
 from selftrain.tasks import benchmark, register
 from selftrain.tasks.base import Example
 from selftrain.tasks.benchmark import BenchmarkTask

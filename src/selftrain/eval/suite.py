@@ -1,7 +1,7 @@
 """``selftrain eval``: accuracy of one model on many benchmark tasks.
 
 Each task is scored either generatively (the model writes its reasoning and an answer, judged
-by ``task.is_correct``; the same :func:`selftrain.evaluation.evaluate` as the training loop) or,
+by ``task.is_correct``; the same :func:`selftrain.eval.generative.evaluate` as the training loop) or,
 for multiple choice and yes/no, by the log-likelihood of each option as evaluation harnesses
 do. Every answer is appended to ``OUT/<task>.jsonl`` as it is made, so a rerun resumes; the
 summary goes to ``OUT/results.json`` and ``OUT/results.md``.
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from selftrain.evaluation import correct_by_id, evaluate, wilson_interval
+from selftrain.eval.generative import correct_by_id, evaluate, wilson_interval
 from selftrain.io import read_jsonl, write_json_atomic, write_text_atomic
 from selftrain.models import Student
 from selftrain.stats import compare

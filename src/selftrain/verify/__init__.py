@@ -1,0 +1,1 @@
+"""Judging a model's final answer against the ground truth: numbers, choices, math."""
