@@ -35,7 +35,7 @@ def sft_data(student, n: int = 12):
 def train(runtime, tiny_dir: str, micro: int | None) -> dict:
     """Gradients of one SFT step, then SFT (full fine-tuning) and DPO (LoRA) for a few steps
     with gradient clipping on: losses, gradient norms and the final weights."""
-    from selftrain.config import DPOConfig
+    from selftrain.config import DPOConfig, OptimizerConfig
     from selftrain.training.dpo import train_dpo
     from selftrain.training.loop import collate, token_logps
     from selftrain.training.sft import train_sft
@@ -44,15 +44,8 @@ def train(runtime, tiny_dir: str, micro: int | None) -> dict:
     out: dict = {}
     s = tiny_student(tiny_dir, runtime, lora=False)
     data = sft_data(s)
-    trainer = Trainer(
-        s,
-        lr=1e-2,
-        weight_decay=0.0,
-        total=1,
-        warmup_ratio=0.0,
-        grad_clip=0.5,
-        micro_batch_size=micro,
-    )
+    opt = OptimizerConfig(lr=1e-2, weight_decay=0.0, warmup_ratio=0.0, grad_clip=0.5)
+    trainer = Trainer(s, opt.model_copy(update={"micro_batch_size": micro}), total=1)
     grads: dict[str, torch.Tensor] = {}
     real_step = trainer.optimizer.step
 
@@ -75,9 +68,11 @@ def train(runtime, tiny_dir: str, micro: int | None) -> dict:
     out["grads"] = grads
 
     s = tiny_student(tiny_dir, runtime, lora=False)
-    res = train_sft(
-        s, data, lr=1e-3, batch_size=8, micro_batch_size=micro, max_steps=3, grad_clip=0.5
-    )
+    opt = OptimizerConfig(
+        lr=1e-3, batch_size=8, micro_batch_size=micro, weight_decay=0.0, warmup_ratio=0.0,
+        grad_clip=0.5,
+    )  # fmt: skip
+    res = train_sft(s, data, opt, max_steps=3)
     out["sft_history"] = res.history
     out["sft_weights"] = s.snapshot()
 
@@ -98,9 +93,9 @@ def train(runtime, tiny_dir: str, micro: int | None) -> dict:
 def die_after(batches: int):
     """Make rank 0 exit abruptly (as under kill -9) once it has written ``batches`` sampling
     batches; the launcher then stops the other ranks."""
-    from selftrain.pipeline import srit
+    from selftrain.stages import sample
 
-    real = srit.generate
+    real = sample.generate
 
     def generate(student, items, params, engine=None):
         for i, batch in enumerate(real(student, items, params, engine)):
@@ -108,7 +103,7 @@ def die_after(batches: int):
                 os._exit(9)
             yield batch
 
-    srit.generate = generate
+    sample.generate = generate
 
 
 def main() -> None:

@@ -11,14 +11,17 @@ import pytest
 from selftrain.config import Recipe, RecipeError, load_recipe
 from selftrain.io import read_jsonl
 from selftrain.pipeline import dpo_st
-from selftrain.preference import (
+from selftrain.stages import dpo as stage_dpo
+from selftrain.stages import sample as stage_sample
+from selftrain.stages import sft as stage_sft
+from selftrain.stages.pairs import (
     dedup_similar,
     dpo_st_pairs,
     jaccard,
     least_similar_pairs,
-    pseudo_label_pools,
     word_tokens,
 )
+from selftrain.stages.pseudo_labels import pseudo_label_pools
 
 # ---- similarity, dedup, pairs, caps -------------------------------------------------------------
 
@@ -144,7 +147,7 @@ def answers(tmp_path):
 
 
 def test_two_rounds_of_both_arms_end_to_end(tiny_dir, tmp_path, monkeypatch, answers):
-    monkeypatch.setattr(dpo_st, "generate", _with_correct_paths(dpo_st.generate))
+    monkeypatch.setattr(stage_sample, "generate", _with_correct_paths(stage_sample.generate))
     run = tmp_path / "run"
     metrics = dpo_st.run(_recipe(tiny_dir), run)
     state = json.loads((run / "state.json").read_text())
@@ -190,7 +193,7 @@ def test_two_rounds_of_both_arms_end_to_end(tiny_dir, tmp_path, monkeypatch, ans
 def test_resume_mid_round_continues_at_that_stage(tiny_dir, tmp_path, monkeypatch, answers):
     recipe = _recipe(tiny_dir, rounds=2, baselines=[], calculator_ablation=False)
     run = tmp_path / "run"
-    real_generate = _with_correct_paths(dpo_st.generate)
+    real_generate = _with_correct_paths(stage_sample.generate)
     calls = {"n": 0}
 
     def die_in_r2_sft_samples(student, items, params, engine=None):
@@ -202,7 +205,7 @@ def test_resume_mid_round_continues_at_that_stage(tiny_dir, tmp_path, monkeypatc
             raise KeyboardInterrupt
         yield from it
 
-    monkeypatch.setattr(dpo_st, "generate", die_in_r2_sft_samples)
+    monkeypatch.setattr(stage_sample, "generate", die_in_r2_sft_samples)
     with pytest.raises(KeyboardInterrupt):
         dpo_st.run(recipe, run)
     state = json.loads((run / "state.json").read_text())
@@ -222,7 +225,7 @@ def test_resume_mid_round_continues_at_that_stage(tiny_dir, tmp_path, monkeypatc
     seconds = dict(state["seconds"])
 
     trained, sampled = [], []
-    real_sft = dpo_st.train_sft
+    real_sft = stage_sft.train_sft
 
     def count_sft(*a, **k):
         trained.append(k["label"])
@@ -235,9 +238,9 @@ def test_resume_mid_round_continues_at_that_stage(tiny_dir, tmp_path, monkeypatc
     def no_dpo(*a, **k):
         raise AssertionError("DPO ran again")
 
-    monkeypatch.setattr(dpo_st, "generate", count_gen)
-    monkeypatch.setattr(dpo_st, "train_sft", count_sft)
-    monkeypatch.setattr(dpo_st, "train_dpo", no_dpo)
+    monkeypatch.setattr(stage_sample, "generate", count_gen)
+    monkeypatch.setattr(stage_sft, "train_sft", count_sft)
+    monkeypatch.setattr(stage_dpo, "train_dpo", no_dpo)
     metrics = dpo_st.run(recipe, run)
     assert trained == ["dpo_st.r2 sft"]  # only the stage after the kill
     assert len(sampled) == 1 and sampled[0] == 6 - len(partial) // 2  # the questions left
@@ -252,15 +255,15 @@ def test_resume_mid_round_continues_at_that_stage(tiny_dir, tmp_path, monkeypatc
     assert metrics["dpo_st"]["rounds"]["2"]["eval"]["in_domain"]["n"] == 3
 
     # a third run recomputes nothing
-    monkeypatch.setattr(dpo_st, "train_sft", lambda *a, **k: pytest.fail("sft ran again"))
-    monkeypatch.setattr(dpo_st, "generate", lambda *a, **k: pytest.fail("sampled again"))
+    monkeypatch.setattr(stage_sft, "train_sft", lambda *a, **k: pytest.fail("sft ran again"))
+    monkeypatch.setattr(stage_sample, "generate", lambda *a, **k: pytest.fail("sampled again"))
     assert dpo_st.run(recipe, run)["dpo_st"] == metrics["dpo_st"]
 
 
 def test_answer_only_questions_learn_from_self_samples_alone(
     tiny_dir, tmp_path, monkeypatch, answers
 ):
-    monkeypatch.setattr(dpo_st, "generate", _with_correct_paths(dpo_st.generate))
+    monkeypatch.setattr(stage_sample, "generate", _with_correct_paths(stage_sample.generate))
     recipe = _recipe(tiny_dir, rounds=1, gold_questions=4, calculator_ablation=False)
     run = tmp_path / "run"
     metrics = dpo_st.run(recipe, run)

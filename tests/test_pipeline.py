@@ -7,7 +7,10 @@ import pytest
 from selftrain.config import load_recipe
 from selftrain.io import read_jsonl
 from selftrain.pipeline import srit
-from selftrain.pipeline.rundir import RunDirError
+from selftrain.rundir import RunDirError
+from selftrain.stages import dpo as stage_dpo
+from selftrain.stages import sample as stage_sample
+from selftrain.stages import sft as stage_sft
 
 
 def _recipe(tiny_dir, **extra):
@@ -71,7 +74,11 @@ def test_end_to_end_writes_every_artefact_and_metrics(tiny_dir, tmp_path):
 def test_resume_continues_where_it_stopped(tiny_dir, tmp_path, monkeypatch):
     run = tmp_path / "run"
     recipe = _recipe(tiny_dir)
-    real_generate, real_dpo, real_sft = srit.generate, srit.train_dpo, srit.train_sft
+    real_generate, real_dpo, real_sft = (
+        stage_sample.generate,
+        stage_dpo.train_dpo,
+        stage_sft.train_sft,
+    )
 
     def generate_then_die(
         student, items, params, engine=None
@@ -80,7 +87,7 @@ def test_resume_continues_where_it_stopped(tiny_dir, tmp_path, monkeypatch):
         yield next(it)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(srit, "generate", generate_then_die)
+    monkeypatch.setattr(stage_sample, "generate", generate_then_die)
     with pytest.raises(KeyboardInterrupt):
         srit.run(recipe, run)
     partial = read_jsonl(run / "samples.jsonl")
@@ -88,9 +95,11 @@ def test_resume_continues_where_it_stopped(tiny_dir, tmp_path, monkeypatch):
     sft_mtime = (run / "sft/model/adapter_model.safetensors").stat().st_mtime_ns
 
     # second attempt: sampling resumes; DPO dies
-    monkeypatch.setattr(srit, "generate", real_generate)
-    monkeypatch.setattr(srit, "train_sft", _must_not_run("sft"))  # finished in attempt 1
-    monkeypatch.setattr(srit, "train_dpo", lambda *a, **k: (_ for _ in ()).throw(OSError("kill")))
+    monkeypatch.setattr(stage_sample, "generate", real_generate)
+    monkeypatch.setattr(stage_sft, "train_sft", _must_not_run("sft"))  # finished in attempt 1
+    monkeypatch.setattr(
+        stage_dpo, "train_dpo", lambda *a, **k: (_ for _ in ()).throw(OSError("kill"))
+    )
     with pytest.raises(OSError):
         srit.run(recipe, run)
     samples = read_jsonl(run / "samples.jsonl")
@@ -101,10 +110,12 @@ def test_resume_continues_where_it_stopped(tiny_dir, tmp_path, monkeypatch):
     assert len(counts) == 6 and set(counts.values()) == {2}  # none missing, none twice
 
     # third attempt: nothing finished is recomputed
-    monkeypatch.setattr(srit, "train_dpo", real_dpo)
-    monkeypatch.setattr(srit, "train_sft", real_sft)  # the sft_more control still has to run
+    monkeypatch.setattr(stage_dpo, "train_dpo", real_dpo)
+    monkeypatch.setattr(stage_sft, "train_sft", real_sft)  # the sft_more control still has to run
     calls = []
-    monkeypatch.setattr(srit, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
+    monkeypatch.setattr(
+        stage_sample, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k)
+    )
     metrics = srit.run(recipe, run)
     assert (run / "sft/model/adapter_model.safetensors").stat().st_mtime_ns == sft_mtime
     assert read_jsonl(run / "samples.jsonl") == samples

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from selftrain.preference import correct_vs_wrong, cot_vs_direct
+from selftrain.stages.pairs import correct_vs_wrong, cot_vs_direct
 
 
 def _p(text: str, correct: bool) -> dict:
@@ -212,7 +212,7 @@ def test_cot_vs_direct_max_pairs_and_deterministic():
 
 
 def test_rejected_is_cut_after_its_first_wrong_line():
-    from selftrain.preference import to_first_divergence
+    from selftrain.stages.pairs import to_first_divergence
 
     chosen = "After the gift: 12+18=<<12+18=30>>30\nAfter winning: 30+10=<<30+10=40>>40\n#### 40"
     rejected = "After the gift: 12+18=<<12+18=20>>20\nAfter winning: 20+10=<<20+10=30>>30\n#### 30"
@@ -228,7 +228,7 @@ def test_rejected_is_cut_after_its_first_wrong_line():
 
 
 def test_rft_paths_keep_distinct_correct_paths_fewer_for_easy_questions():
-    from selftrain.preference import rft_paths
+    from selftrain.stages.pseudo_labels import rft_paths
 
     samples = {
         "hard": [

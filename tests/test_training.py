@@ -3,11 +3,16 @@ import math
 import pytest
 import torch
 
-from selftrain.config import DPOConfig
+from selftrain.config import DPOConfig, OptimizerConfig
 from selftrain.sampling import SamplingParams, generate
 from selftrain.training.dpo import preference_loss, reference_logps, train_dpo
 from selftrain.training.loop import collate, scorer_of, token_logps
 from selftrain.training.sft import train_sft, validation_loss
+
+
+def _opt(**kwargs) -> OptimizerConfig:
+    """An optimizer section with no weight decay and no warm-up unless set."""
+    return OptimizerConfig(**{"weight_decay": 0.0, "warmup_ratio": 0.0, **kwargs})
 
 
 def _data(s):
@@ -21,7 +26,7 @@ def test_sft_learns_its_answers_and_when_to_stop(make_student):
     s = make_student()
     data, qa = _data(s)
     before = validation_loss(s, data)
-    res = train_sft(s, data, lr=3e-3, batch_size=2, max_steps=80, seed=0)
+    res = train_sft(s, data, _opt(lr=3e-3, batch_size=2), max_steps=80, seed=0)
     assert res.steps == 80
     assert validation_loss(s, data) < before / 10
     items = [(q, s.prompt_ids(q)) for q, _ in qa]
@@ -40,8 +45,9 @@ def test_sft_early_stopping_keeps_the_best_weights(make_student):
         return {"accuracy": next(scores)}
 
     res = train_sft(
-        s, data, lr=1e-3, batch_size=2, max_steps=12, validate=validate, eval_every=2, patience=2
-    )
+        s, data, _opt(lr=1e-3, batch_size=2), max_steps=12, validate=validate, eval_every=2,
+        patience=2,
+    )  # fmt: skip
     assert [h["step"] for h in res.history] == [2, 4, 6, 8]  # stopped after 2 checks w/o gain
     assert res.best_step == 4 and res.steps == 8
     for name, t in s.snapshot().items():
@@ -122,15 +128,7 @@ def _one_step_grads(s, data, micro):
     """Gradients of one optimizer step of a Trainer on the whole of ``data``."""
     from selftrain.training.trainer import Trainer, _unwrap
 
-    trainer = Trainer(
-        s,
-        lr=1e-3,
-        weight_decay=0.0,
-        total=1,
-        warmup_ratio=0.0,
-        grad_clip=1e9,
-        micro_batch_size=micro,
-    )
+    trainer = Trainer(s, _opt(lr=1e-3, grad_clip=1e9, micro_batch_size=micro), total=1)
     grads = {}
     real = trainer.optimizer.step
 

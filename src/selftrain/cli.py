@@ -52,7 +52,7 @@ def run(
     from selftrain.config import RecipeError, load_recipe
     from selftrain.models import ModelLoadError
     from selftrain.pipeline import dpo_st, srit
-    from selftrain.pipeline.rundir import RunDirError
+    from selftrain.rundir import RunDirError
     from selftrain.runtime import RuntimeSetupError, launched_processes
     from selftrain.teachers import TeacherError
 

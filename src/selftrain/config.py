@@ -124,14 +124,21 @@ _MICRO = (
 )
 
 
-class SFTConfig(_Strict):
+class OptimizerConfig(_Strict):
+    """What every trainer's optimizer reads: AdamW, lr warm-up then cosine decay, clipping."""
+
     lr: float = Field(3e-4, gt=0)
-    batch_size: int = Field(8, gt=0)  # examples per optimizer step, over all processes
+    batch_size: int = Field(8, gt=0)  # examples (pairs) per optimizer step, over all processes
     micro_batch_size: int | None = Field(None, gt=0, description=_MICRO)
-    max_epochs: int = Field(6, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)  # lr warm-up (cosine schedule after it)
     grad_clip: float = Field(1.0, gt=0)
+
+
+class SFTConfig(OptimizerConfig):
+    """SRIT's stage 1: SFT on the demonstrations, stopped when validation accuracy stalls."""
+
+    max_epochs: int = Field(6, gt=0)
     eval_every: int = Field(50, gt=0)  # optimizer steps between validation checks
     patience: int = Field(2, ge=1)  # checks without a gain in validation accuracy, then stop
     val_questions: int = Field(100, gt=0)
@@ -180,7 +187,7 @@ class PairsConfig(_Strict):
     direct_instruction: str = "Give only the final answer as a number, with no working."
 
 
-class RFTConfig(_Strict):
+class RFTConfig(OptimizerConfig):
     """Rejection-sampling fine-tuning (STaR, Zelikman et al. 2022; RFT, Yuan et al. 2023): after
     sampling, the stage-1 model is trained on its own correct, distinct paths (the ground
     truth decides which), then DPO (if enabled) starts from it."""
@@ -192,28 +199,21 @@ class RFTConfig(_Strict):
     paths_per_easy_question: int = Field(1, ge=0)
     with_demos: bool = False  # train on the teacher's demonstrations too
     lr: float = Field(2e-4, gt=0)
-    batch_size: int = Field(8, gt=0)  # examples per optimizer step, over all processes
-    micro_batch_size: int | None = Field(None, gt=0, description=_MICRO)
     epochs: int = Field(1, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    grad_clip: float = Field(1.0, gt=0)
 
 
-class DPOConfig(_Strict):
+class DPOConfig(OptimizerConfig):
     enabled: bool = True  # SRIT's stage 2; off: the self-refined student is RFT's
     loss: Literal["sigmoid", "ipo", "dpop"] = "sigmoid"
     beta: float = Field(0.1, gt=0)
     dpop_lambda: float = Field(50.0, ge=0)  # DPOP's penalty on a chosen answer losing likelihood
     nll_weight: float = Field(0.0, ge=0)  # length-normalised NLL on the chosen answer
     lr: float = Field(5e-5, gt=0)
-    batch_size: int = Field(8, gt=0)  # pairs per optimizer step, over all processes
-    micro_batch_size: int | None = Field(None, gt=0, description=_MICRO)
     epochs: int = Field(1, gt=0)
     max_steps: int | None = Field(None, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    grad_clip: float = Field(1.0, gt=0)
 
 
 class EvalConfig(_Strict):
@@ -227,19 +227,15 @@ class EvalConfig(_Strict):
     batch_size: int = Field(64, gt=0)
 
 
-class DPOSTSFTConfig(_Strict):
+class DPOSTSFTConfig(OptimizerConfig):
     """SFT in DPO-ST: the warm-up on gold rationales and every round's SFT step (fixed epochs,
     no early stopping). Defaults: the paper's Flan-T5 values."""
 
-    lr: float = Field(3e-4, gt=0)
-    batch_size: int = Field(96, gt=0)  # examples per optimizer step, over all processes
-    micro_batch_size: int | None = Field(None, gt=0, description=_MICRO)
+    batch_size: int = Field(96, gt=0)
     epochs: int = Field(8, gt=0)
     warmup_epochs: int | None = Field(None, gt=0)  # epochs of the warm-up SFT; None: epochs
     max_steps: int | None = Field(None, gt=0)  # caps every SFT run's optimizer steps
     weight_decay: float = Field(0.01, ge=0)
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)  # lr warm-up (cosine schedule after it)
-    grad_clip: float = Field(1.0, gt=0)
 
 
 class DPOSTDPOConfig(DPOConfig):

@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from selftrain.config import Recipe
+from selftrain.io import write_text_atomic
+from selftrain.progress import console
+from selftrain.rundir import RunDir
 
 ARM_NAMES = {"dpo_st": "DPO-ST", "self_training": "self-training"}
 
@@ -167,3 +170,16 @@ def plot_accuracy(
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def write_report(rd: RunDir, recipe: Recipe, arms: Sequence[str], labels: Sequence[str]) -> None:
+    """report.md, accuracy_by_round.png and the tables on the console (rank 0)."""
+    write_text_atomic(rd / "report.md", report_markdown(rd.metrics, recipe, arms, labels))
+    plot_accuracy(rd.metrics, arms, labels, rd / "accuracy_by_round.png")
+    console.print("accuracy (%, greedy) by round; round 0 is the shared warm-up")
+    console.print(round_table(rd.metrics, arms, labels), markup=False, soft_wrap=True)
+    calc = calculator_table(rd.metrics, labels)
+    if calc:
+        console.print("the calculator's effect (accuracy %, with / without)")
+        console.print(calc, markup=False, soft_wrap=True)
+    console.print(f"report: {rd / 'report.md'}; stage seconds: {rd.state['seconds']}")

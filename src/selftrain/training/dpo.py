@@ -98,15 +98,7 @@ def train_dpo(
     lengths = [len(p) + max(len(c), len(r)) for p, c, r in pairs]
     per_epoch = math.ceil(len(pairs) / cfg.batch_size)
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * per_epoch
-    trainer = Trainer(
-        student,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        total=total,
-        warmup_ratio=cfg.warmup_ratio,
-        grad_clip=cfg.grad_clip,
-        micro_batch_size=cfg.micro_batch_size,
-    )
+    trainer = Trainer(student, cfg, total)
     pack = can_pack_pairs(student.model)
 
     def loss_of(module, items: list[int]):
@@ -136,30 +128,38 @@ def train_dpo(
             if not plan:
                 plan = batches(len(pairs), cfg.batch_size, rng, lengths)
             idx = plan.pop(0)
-            s = trainer.step(idx, loss_of, norm=len(idx))
-            n = len(idx)
+            sums = trainer.step(idx, loss_of, norm=len(idx))
             result.steps += 1
-            entry = {
-                "step": result.steps,
-                "loss": round(s["loss"] / n, 4),
-                "reward_accuracy": round(s["correct"] / n, 3),
-                "margin": round(cfg.beta * s["margin"] / n, 4),
-                # watch this: DPO can push the chosen answers' likelihood down too
-                "chosen_logp_change": round(s["chosen"] / n, 3),
-                "rejected_logp_change": round(s["rejected"] / n, 3),
-            }
+            entry = _entry(result.steps, sums, len(idx), cfg.beta)
             result.history.append(entry)
             bar.advance()
             bar.note(f"loss {entry['loss']:.3f} acc {entry['reward_accuracy']:.2f}")
     trainer.finish()
-    last = result.history[-min(10, len(result.history)) :]
     if student.runtime.is_main:
-        log.info(
-            "%s: %d steps; last steps: reward acc %.2f, chosen logp change %.2f, rejected %.2f",
-            label,
-            result.steps,
-            sum(e["reward_accuracy"] for e in last) / len(last),
-            sum(e["chosen_logp_change"] for e in last) / len(last),
-            sum(e["rejected_logp_change"] for e in last) / len(last),
-        )
+        _log_summary(label, result)
     return result
+
+
+def _entry(step: int, sums: dict[str, float], n: int, beta: float) -> dict:
+    """One step's history entry from the summed statistics of its ``n`` pairs."""
+    return {
+        "step": step,
+        "loss": round(sums["loss"] / n, 4),
+        "reward_accuracy": round(sums["correct"] / n, 3),
+        "margin": round(beta * sums["margin"] / n, 4),
+        # watch this: DPO can push the chosen answers' likelihood down too
+        "chosen_logp_change": round(sums["chosen"] / n, 3),
+        "rejected_logp_change": round(sums["rejected"] / n, 3),
+    }
+
+
+def _log_summary(label: str, result: DPOResult) -> None:
+    last = result.history[-min(10, len(result.history)) :]
+    log.info(
+        "%s: %d steps; last steps: reward acc %.2f, chosen logp change %.2f, rejected %.2f",
+        label,
+        result.steps,
+        sum(e["reward_accuracy"] for e in last) / len(last),
+        sum(e["chosen_logp_change"] for e in last) / len(last),
+        sum(e["rejected_logp_change"] for e in last) / len(last),
+    )

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from selftrain import progress
+from selftrain.config import OptimizerConfig
 from selftrain.models import Student
 from selftrain.training.loop import batches, collate, scorer_of, token_logps
 from selftrain.training.trainer import Trainer
@@ -28,15 +29,10 @@ class SFTResult:
 def train_sft(
     student: Student,
     data: Sequence[tuple[list[int], list[int]]],
+    cfg: OptimizerConfig,
     *,
-    lr: float,
-    batch_size: int,
     epochs: int = 1,
     max_steps: int | None = None,
-    micro_batch_size: int | None = None,
-    weight_decay: float = 0.0,
-    warmup_ratio: float = 0.0,
-    grad_clip: float = 1.0,
     seed: int = 0,
     validate: Callable[[], dict] | None = None,
     eval_every: int = 50,
@@ -44,8 +40,8 @@ def train_sft(
     label: str = "sft",
 ) -> SFTResult:
     """Train on ``data`` for ``epochs`` (or exactly ``max_steps`` steps, cycling the data),
-    ``batch_size`` examples per optimizer step over all processes, in micro-batches of
-    ``micro_batch_size`` (see :mod:`selftrain.training.trainer`). The loss is the mean
+    ``cfg.batch_size`` examples per optimizer step over all processes, in micro-batches of
+    ``cfg.micro_batch_size`` (see :mod:`selftrain.training.trainer`). The loss is the mean
     negative log-likelihood per completion token of the batch.
 
     With ``validate`` (returning a dict with ``accuracy`` and optionally ``loss``), it is called
@@ -56,18 +52,8 @@ def train_sft(
         raise ValueError(f"{label}: no training examples")
     rng = random.Random(seed)
     lengths = [len(p) + len(c) for p, c in data]
-    per_epoch = math.ceil(len(data) / batch_size)
-    total = max_steps if max_steps is not None else epochs * per_epoch
-    trainer = Trainer(
-        student,
-        lr=lr,
-        weight_decay=weight_decay,
-        total=total,
-        warmup_ratio=warmup_ratio,
-        grad_clip=grad_clip,
-        micro_batch_size=micro_batch_size,
-    )
-
+    total = max_steps if max_steps is not None else epochs * math.ceil(len(data) / cfg.batch_size)
+    trainer = Trainer(student, cfg, total)
     device = student.runtime.device
 
     def loss_of(module, items: list[int]):
@@ -77,15 +63,12 @@ def train_sft(
         return nll, {"nll": nll}
 
     result = SFTResult(steps=0, best_step=0)
-    best: tuple[float, float] | None = None
-    best_state: dict[str, torch.Tensor] | None = None
-    stale = 0
+    best = _Best(student, patience, label)
     plan: list[list[int]] = []
-    main = student.runtime.is_main
-    with progress.bar(label, total, enabled=main) as bar:
+    with progress.bar(label, total, enabled=student.runtime.is_main) as bar:
         while result.steps < total:
             if not plan:
-                plan = batches(len(data), batch_size, rng, lengths)
+                plan = batches(len(data), cfg.batch_size, rng, lengths)
             idx = plan.pop(0)
             tokens = sum(len(data[i][1]) for i in idx)
             loss = trainer.step(idx, loss_of, norm=tokens)["nll"] / tokens
@@ -97,38 +80,46 @@ def train_sft(
                 continue
             with trainer.student_in_sync():
                 metrics = validate()
-                snapshot = student.snapshot() if _better(metrics, best) else None
-            entry = {"step": result.steps, "train_loss": round(loss, 4), **metrics}
-            result.history.append(entry)
-            if main:
-                log.info("%s step %d: %s", label, result.steps, entry)
-            if snapshot is not None:
-                best, best_state, result.best_step, stale = (
-                    _score(metrics),
-                    snapshot,
-                    result.steps,
-                    0,
-                )
-            else:
-                stale += 1
-                if stale >= patience:
-                    if main:
-                        log.info("%s: validation accuracy stopped rising; stopping", label)
-                    break
+                stop = best.check(result, metrics, loss)
+            if stop:
+                break
     trainer.finish()
-    if best_state is not None:
-        student.restore(best_state)
-    else:
-        result.best_step = result.steps
+    best.restore(result)
     return result
 
 
-def _score(metrics: dict) -> tuple[float, float]:
-    return (metrics["accuracy"], -metrics.get("loss", 0.0))
+class _Best:
+    """Early stopping on validation accuracy (ties: lower loss), keeping the best weights."""
 
+    def __init__(self, student: Student, patience: int, label: str):
+        self.student, self.patience, self.label = student, patience, label
+        self.score: tuple[float, float] | None = None
+        self.state: dict[str, torch.Tensor] | None = None
+        self.stale = 0
 
-def _better(metrics: dict, best: tuple[float, float] | None) -> bool:
-    return best is None or _score(metrics) > best
+    def check(self, result: SFTResult, metrics: dict, loss: float) -> bool:
+        """Record a check at ``result.steps``; True when training should stop."""
+        main = self.student.runtime.is_main
+        entry = {"step": result.steps, "train_loss": round(loss, 4), **metrics}
+        result.history.append(entry)
+        if main:
+            log.info("%s step %d: %s", self.label, result.steps, entry)
+        score = (metrics["accuracy"], -metrics.get("loss", 0.0))
+        if self.score is None or score > self.score:
+            self.score, self.state, self.stale = score, self.student.snapshot(), 0
+            result.best_step = result.steps
+            return False
+        self.stale += 1
+        if self.stale >= self.patience and main:
+            log.info("%s: validation accuracy stopped rising; stopping", self.label)
+        return self.stale >= self.patience
+
+    def restore(self, result: SFTResult) -> None:
+        """Leave the student with the best checked weights (the last ones when never checked)."""
+        if self.state is not None:
+            self.student.restore(self.state)
+        else:
+            result.best_step = result.steps
 
 
 @torch.no_grad()

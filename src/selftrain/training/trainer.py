@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from selftrain.config import OptimizerConfig
 from selftrain.models import Student
 from selftrain.training.loop import TokenScorer, scorer_of
 
@@ -27,33 +28,23 @@ LossFn = Callable[[nn.Module, list[int]], tuple[torch.Tensor, dict[str, torch.Te
 
 class Trainer:
     """The student's trainable weights, an AdamW optimizer with linear warm-up then cosine
-    decay over ``total`` steps, and the module the loss goes through: a :class:`TokenScorer`
-    of the student's model, wrapped by accelerate (DDP, or FSDP2 over a copy whose modules are
-    its own and whose tensors are the student's until sharding re-points them) when several
-    processes train."""
+    decay over ``total`` steps (``cfg``: lr, weight decay, warm-up, clipping, micro-batch),
+    and the module the loss goes through: a :class:`TokenScorer` of the student's model,
+    wrapped by accelerate (DDP, or FSDP2 over a copy whose modules are its own and whose
+    tensors are the student's until sharding re-points them) when several processes train."""
 
-    def __init__(
-        self,
-        student: Student,
-        *,
-        lr: float,
-        weight_decay: float,
-        total: int,
-        warmup_ratio: float,
-        grad_clip: float,
-        micro_batch_size: int | None = None,
-    ):
+    def __init__(self, student: Student, cfg: OptimizerConfig, total: int):
         self.student, self.runtime = student, student.runtime
-        self.grad_clip, self.micro = grad_clip, micro_batch_size
+        self.grad_clip, self.micro = cfg.grad_clip, cfg.micro_batch_size
         module: nn.Module = scorer_of(student)
         if self.runtime.fsdp:  # fully_shard changes the modules it is given: give it a copy
             shared = {id(t): t for t in (*student.model.parameters(), *student.model.buffers())}
             module = copy.deepcopy(module, memo=shared)
         params = [p for p in module.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.module, prepared = self.runtime.prepare(module, optimizer)
         self.optimizer = getattr(prepared, "optimizer", prepared)  # accelerate's wrapper's own
-        self.schedule = warmup_cosine(self.optimizer, total, warmup_ratio)
+        self.schedule = warmup_cosine(self.optimizer, total, cfg.warmup_ratio)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         student.weights_dir = None
         # FSDP2: the student's own full weights wait in CPU memory while the shards train

@@ -1,11 +1,103 @@
-"""Turn verified samples into DPO preference pairs."""
+"""Stage ``pairs``: judged samples become DPO preference pairs.
+
+SRIT (Ranaldi & Freitas 2024): a correct path over a wrong one (``correct_vs_wrong``, the
+teacher's demonstration as the fallback chosen answer) or a CoT path over a direct answer
+(``cot_vs_direct``). DPO-ST (Wang, Li & Lu 2024): similarity-deduplicated pools of this
+round's and earlier rounds' samples, the least similar pairs (``dpo_st_pairs``).
+"""
 
 from __future__ import annotations
 
 import random
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+from selftrain.config import PairsConfig
+from selftrain.io import read_jsonl, write_jsonl_atomic
+from selftrain.rundir import RunDir
+
+
+def srit_pairs_stage(
+    rd: RunDir,
+    cot: Mapping[str, Sequence[dict]],
+    direct: Mapping[str, Sequence[dict]],
+    demos: Mapping[str, str],
+    cfg: PairsConfig,
+    seed: int,
+) -> list[dict]:
+    """SRIT's pairs (``pairs.jsonl``, metrics ``pairs``) by ``cfg.policy``; with
+    ``cfg.truncate_rejected`` each rejected path is cut after its first wrong line."""
+    path = rd / "pairs.jsonl"
+    if not rd.done("pairs"):
+        with rd.stage("pairs"):
+            if rd.runtime.is_main:
+                if cfg.policy == "correct_vs_wrong":
+                    pairs = correct_vs_wrong(
+                        cot,
+                        demos,
+                        max_pairs=cfg.max_pairs_per_question,
+                        teacher_fallback=cfg.teacher_fallback,
+                        seed=seed,
+                    )
+                    if cfg.truncate_rejected:
+                        pairs = [truncated(x) for x in pairs]
+                else:
+                    pairs = cot_vs_direct(
+                        cot, direct, max_pairs=cfg.max_pairs_per_question, seed=seed
+                    )
+                write_jsonl_atomic(path, pairs)
+                rd.set_metric(
+                    "pairs",
+                    {
+                        "pairs": len(pairs),
+                        "questions": len({x["id"] for x in pairs}),
+                        "chosen_from_teacher": sum(x["chosen_from"] == "teacher" for x in pairs),
+                        "rejected_truncated": sum(
+                            x.get("rejected_truncated", False) for x in pairs
+                        ),
+                    },
+                )
+    return read_jsonl(path)
+
+
+def dpo_st_pairs_stage(
+    rd: RunDir,
+    stage: str,
+    key: tuple[str, ...],
+    samples: Sequence[Path],
+    gold: Mapping[str, str],
+    *,
+    m: int,
+    threshold: float,
+    tokens: Tokens,
+    seed: int,
+    n_questions: int,
+    path: Path,
+) -> list[dict]:
+    """DPO-ST's pairs from the judged samples of this round and every earlier one
+    (``samples``), written to ``path`` (metrics at ``key``)."""
+    if not rd.done(stage):
+        with rd.stage(stage):
+            if rd.runtime.is_main:
+                pools: dict[str, list[dict]] = {}
+                for file in samples:
+                    for row in read_jsonl(file):
+                        pools.setdefault(row["id"], []).append(row)
+                pairs = dpo_st_pairs(
+                    pools, gold, m=m, threshold=threshold, tokens=tokens, seed=seed
+                )
+                write_jsonl_atomic(path, pairs)
+                questions = len({p["id"] for p in pairs})
+                stats = {
+                    "pairs": len(pairs),
+                    "questions": questions,
+                    "questions_skipped": n_questions - questions,
+                    "chosen_gold": sum(p["chosen_from"] == "gold" for p in pairs),
+                }
+                rd.put(key, stats)
+    return read_jsonl(path)
 
 
 def correct_vs_wrong(
@@ -27,8 +119,8 @@ def correct_vs_wrong(
     rng = random.Random(seed)
     pairs = []
     for qid, paths in samples.items():
-        good = _unique(p["text"] for p in paths if p["correct"])
-        bad = _unique(p["text"] for p in paths if not p["correct"])
+        good = unique(p["text"] for p in paths if p["correct"])
+        bad = unique(p["text"] for p in paths if not p["correct"])
         source = "self"
         if not good and teacher_fallback and qid in demos:
             good, source = [demos[qid]], "teacher"
@@ -49,28 +141,6 @@ def correct_vs_wrong(
     return pairs
 
 
-def rft_paths(
-    samples: Mapping[str, Sequence[dict]],
-    *,
-    per_question: int,
-    per_easy_question: int,
-    seed: int = 0,
-) -> list[dict]:
-    """Rejection sampling's training data: per question, up to ``per_question`` distinct
-    correct paths (``per_easy_question`` where every path was correct: those the model
-    already answers, which teach it less; Yuan et al. 2023 found the gain grows with the
-    number of distinct correct paths). Returns ``{"id", "text", "easy"}`` records."""
-    rng = random.Random(seed)
-    out = []
-    for qid, paths in samples.items():
-        good = _unique(p["text"] for p in paths if p["correct"])
-        easy = all(p["correct"] for p in paths)
-        rng.shuffle(good)
-        for text in good[: per_easy_question if easy else per_question]:
-            out.append({"id": qid, "text": text, "easy": easy})
-    return out
-
-
 def cot_vs_direct(
     cot: Mapping[str, Sequence[dict]],
     direct: Mapping[str, Sequence[dict]],
@@ -83,8 +153,8 @@ def cot_vs_direct(
     rng = random.Random(seed)
     pairs = []
     for qid, paths in cot.items():
-        good = _unique(p["text"] for p in paths if p["correct"])
-        bad = _unique(p["text"] for p in direct.get(qid, ()) if p["text"] not in good)
+        good = unique(p["text"] for p in paths if p["correct"])
+        bad = unique(p["text"] for p in direct.get(qid, ()) if p["text"] not in good)
         rng.shuffle(good)
         for i, rejected in enumerate(bad[:max_pairs]):
             if good:
@@ -117,7 +187,19 @@ def to_first_divergence(chosen: str, rejected: str) -> str:
     return rejected
 
 
-def _unique(texts) -> list[str]:
+def truncated(pair: dict) -> dict:
+    """The pair with its rejected path cut by :func:`to_first_divergence` (the whole path kept
+    as ``rejected_full``)."""
+    cut = to_first_divergence(pair["chosen"], pair["rejected"])
+    return {
+        **pair,
+        "rejected": cut,
+        "rejected_truncated": cut != pair["rejected"],
+        "rejected_full": pair["rejected"],
+    }
+
+
+def unique(texts) -> list[str]:
     seen: dict[str, None] = {}
     for t in texts:
         seen.setdefault(t, None)
@@ -126,6 +208,21 @@ def _unique(texts) -> list[str]:
 
 # ---- DPO-ST (Wang, Li & Lu 2024): similarity-deduplicated pools, least-similar pairs --------
 Tokens = Callable[[str], Collection[Any]]
+
+
+class TokenSets:
+    """A text's set of token ids under ``tokenizer`` (DPO-ST's similarity tokens), computed
+    once per text."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._sets: dict[str, frozenset[int]] = {}
+
+    def __call__(self, text: str) -> frozenset[int]:
+        if text not in self._sets:
+            ids = self.tokenizer(text, add_special_tokens=False).input_ids
+            self._sets[text] = frozenset(ids)
+        return self._sets[text]
 
 
 def word_tokens(text: str) -> frozenset[str]:
@@ -147,7 +244,7 @@ def dedup_similar(
     kept before it is above ``threshold``; the first of each group is kept, in order."""
     kept: list[str] = []
     kept_tokens: list[Collection[Any]] = []
-    for text in _unique(texts):
+    for text in unique(texts):
         t = tokens(text)
         if all(jaccard(t, k) <= threshold for k in kept_tokens):
             kept.append(text)
@@ -216,38 +313,3 @@ def dpo_st_pairs(
                 }
             )
     return out
-
-
-def pseudo_label_pools(
-    correct: Mapping[str, Sequence[str]],
-    gold: Mapping[str, str],
-    *,
-    threshold: float = 0.7,
-    tokens: Tokens = word_tokens,
-    cap: int | None = None,
-    percentile: float = 90.0,
-) -> tuple[dict[str, list[str]], int]:
-    """DPO-ST's SFT data per question: the gold rationale first, then the correct sampled
-    paths (this round's and earlier rounds'), deduplicated as in :func:`dpo_st_pairs` and cut
-    to ``cap`` texts per question (None: the ``percentile`` of the per-question counts, as the
-    paper's code does). Returns the pools and the cap used."""
-    pools: dict[str, list[str]] = {}
-    for qid in sorted(set(correct) | set(gold)):
-        texts = sorted(set(correct.get(qid, ())))
-        if gold.get(qid):
-            texts = [gold[qid], *texts]
-        kept = dedup_similar(texts, tokens, threshold)
-        if kept:
-            pools[qid] = kept
-    if cap is None:
-        counts = sorted(len(v) for v in pools.values())
-        cap = max(1, int(_percentile(counts, percentile))) if counts else 1
-    return {q: v[:cap] for q, v in pools.items()}, cap
-
-
-def _percentile(sorted_values: Sequence[float], q: float) -> float:
-    """numpy's default (linear) percentile of sorted values."""
-    pos = (len(sorted_values) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)

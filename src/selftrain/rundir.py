@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -108,6 +108,27 @@ class RunDir:
         self.metrics["stage_seconds"] = dict(self.state["seconds"])
         if self.runtime.is_main:
             write_json_atomic(self._metrics_path, self.metrics)
+
+    def put(self, key: str | Sequence[str], value: Any) -> None:
+        """Set a (nested) entry of metrics.json: ``key`` a name or a path of names."""
+        key = (key,) if isinstance(key, str) else tuple(key)
+        if len(key) == 1:
+            self.set_metric(key[0], value)
+            return
+        top = self.metrics.get(key[0])
+        top = top if isinstance(top, dict) else {}
+        node = top
+        for k in key[1:-1]:
+            node = node.setdefault(k, {})
+        node[key[-1]] = value
+        self.set_metric(key[0], top)
+
+    def get(self, key: str | Sequence[str]) -> Any:
+        """A (nested) entry of metrics.json, ``{}`` where it is absent."""
+        node: Any = self.metrics
+        for k in (key,) if isinstance(key, str) else key:
+            node = node.get(k, {}) if isinstance(node, dict) else {}
+        return node
 
     def write_json(self, relative: str | Path, obj: Any) -> None:
         """Write a JSON file of the run (rank 0 only)."""

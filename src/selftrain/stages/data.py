@@ -1,0 +1,168 @@
+"""Stage ``data``: the questions a run uses, written to ``data/`` once; every later stage and
+every resume reads them from there, so a run never sees another draw of its task."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from selftrain import tasks
+from selftrain.config import Recipe
+from selftrain.io import read_jsonl, write_jsonl_atomic
+from selftrain.models import Student
+from selftrain.progress import log
+from selftrain.rundir import RunDir
+from selftrain.tasks.base import Example, Task
+
+
+@dataclass
+class EvalSet:
+    """A column of the results: a label, the task that judges it and its questions."""
+
+    label: str
+    task: Task
+    examples: list[Example]
+
+
+class Prompts:
+    """A question's prompt as the student's token ids, tokenized once per question."""
+
+    def __init__(self, student: Student, task: Task):
+        self.student, self.task = student, task
+        self._ids: dict[str, list[int]] = {}
+
+    def __call__(self, e: Example) -> list[int]:
+        if e.id not in self._ids:
+            self._ids[e.id] = self.student.prompt_ids(self.task.prompt(e))
+        return self._ids[e.id]
+
+
+def read_examples(path: Path) -> list[Example]:
+    return [Example.from_dict(d) for d in read_jsonl(path)]
+
+
+def _write(path: Path, examples: list[Example]) -> None:
+    write_jsonl_atomic(path, (e.to_dict() for e in examples))
+
+
+def srit_data(rd: RunDir, task: Task, recipe: Recipe) -> dict[str, list[Example]]:
+    """SRIT's splits: train (the demonstrated questions, then the sampled ones), validation
+    (SFT's early stopping) and every evaluation split."""
+    needed = {"train", "validation", *recipe.eval.splits}
+    missing = needed - set(task.splits())
+    if missing:
+        raise ValueError(
+            f"task '{recipe.task.name}' has no split(s) {sorted(missing)}; "
+            f"it has {task.splits()} (recipe key eval.splits)"
+        )
+    if not rd.done("data"):
+        with rd.stage("data"):
+            n_train = max(
+                recipe.teacher.n_questions, recipe.sampling.offset + recipe.sampling.n_questions
+            )
+            for split in sorted(needed) if rd.runtime.is_main else []:
+                n = {"train": n_train, "validation": recipe.sft.val_questions}.get(
+                    split, recipe.eval.n_per_split.get(split, recipe.eval.n)
+                )
+                examples = task.load(split, n)
+                if len(examples) < n:
+                    log.warning(
+                        "split %s has %d questions, fewer than the %d asked for (recipe key "
+                        "eval.n, or the task's size, e.g. task.args.n_test)",
+                        split,
+                        len(examples),
+                        n,
+                    )
+                _write(rd / "data" / f"{split}.jsonl", examples)
+    splits = {s: read_examples(rd / "data" / f"{s}.jsonl") for s in needed}
+    if len(splits["train"]) <= recipe.sampling.offset:
+        raise ValueError(
+            f"no training questions to sample: the train split has {len(splits['train'])} "
+            f"and sampling.offset is {recipe.sampling.offset} (recipe key sampling.offset)"
+        )
+    return splits
+
+
+def eval_sets(task: Task, splits: dict[str, list[Example]], names: list[str]) -> list[EvalSet]:
+    return [EvalSet(name, task, splits[name]) for name in names]
+
+
+def dpo_st_data(rd: RunDir, task: Task, recipe: Recipe) -> tuple[list[Example], list[EvalSet]]:
+    """DPO-ST's training questions (less a ``dev`` hold-out) and every evaluation set: the
+    task's splits and ``dpo_st.eval_tasks``."""
+    cfg = recipe.dpo_st
+    assert cfg is not None
+    have = set(task.splits())
+    wanted = [s for s in recipe.eval.splits if s != "dev"]
+    missing = sorted(set(wanted) - have) + (
+        ["dev (dpo_st.dev_holdout is 0)"]
+        if "dev" in recipe.eval.splits and cfg.dev_holdout == 0
+        else []
+    )
+    if missing or "train" not in have:
+        raise ValueError(
+            f"task '{recipe.task.name}' has no split(s) {missing or ['train']}; it has "
+            f"{sorted(have)} (recipe key eval.splits)"
+        )
+    labels = [t.label or t.name for t in cfg.eval_tasks]
+    if len(set(labels) | set(recipe.eval.splits)) < len(labels) + len(recipe.eval.splits):
+        raise ValueError(
+            "dpo_st.eval_tasks: every label must differ from the others and from "
+            "eval.splits (set 'label')"
+        )
+    extra = [tasks.get(t.name, **t.args) for t in cfg.eval_tasks]
+    data = rd / "data"
+    if not rd.done("data"):
+        with rd.stage("data"):
+            if rd.runtime.is_main:
+                _write_dpo_st(data, task, recipe, wanted, dict(zip(labels, extra, strict=True)))
+    train = read_examples(data / "train.jsonl")
+    evals = []
+    for split in recipe.eval.splits:
+        examples = read_examples(data / f"{split}.jsonl")
+        if split == "dev":
+            examples = examples[: recipe.eval.n_per_split.get("dev", recipe.eval.n)]
+        evals.append(EvalSet(split, task, examples))
+    evals += [
+        EvalSet(label, other, read_examples(data / "tasks" / f"{label}.jsonl"))
+        for label, other in zip(labels, extra, strict=True)
+    ]
+    return train, evals
+
+
+def _write_dpo_st(
+    data: Path, task: Task, recipe: Recipe, wanted: list[str], extra: dict[str, Task]
+) -> None:
+    cfg = recipe.dpo_st
+    assert cfg is not None
+    if cfg.dev_holdout:
+        pool = task.load("train")
+        if len(pool) <= cfg.dev_holdout:
+            raise ValueError(
+                f"dpo_st.dev_holdout {cfg.dev_holdout} leaves no training questions "
+                f"(train has {len(pool)})"
+            )
+        _write(data / "dev.jsonl", pool[len(pool) - cfg.dev_holdout :][: cfg.limit])
+        train = pool[: len(pool) - cfg.dev_holdout][: _cap(cfg.n_questions, cfg.limit)]
+    else:
+        train = task.load("train", _cap(cfg.n_questions, cfg.limit))
+    _write(data / "train.jsonl", train)
+    for split in wanted:
+        n = _cap(recipe.eval.n_per_split.get(split, recipe.eval.n), cfg.limit)
+        _write(data / f"{split}.jsonl", task.load(split, n))
+    for t, (label, other) in zip(cfg.eval_tasks, extra.items(), strict=True):
+        _write(data / "tasks" / f"{label}.jsonl", other.load(t.split, _cap(t.n, cfg.limit)))
+
+
+def _cap(n: int | None, limit: int | None) -> int | None:
+    return n if limit is None else limit if n is None else min(n, limit)
+
+
+def gold_rationale(task: Task, e: Example) -> str:
+    """The gold rationale of a training question (the task's solver when it has none)."""
+    if e.rationale:
+        return e.rationale
+    demonstrate = getattr(task, "demonstration", None)
+    if demonstrate is None:
+        raise ValueError(f"{e.id}: no gold rationale, and task '{task.name}' has no solver")
+    return demonstrate(e)

@@ -1,0 +1,118 @@
+"""Stage ``samples``: the student answers training questions itself, k reasoning paths each,
+and the ground truth judges every path. Records go to a JSONL file per batch, and a rerun
+resumes per question: a path's draws depend on the seed, its question and its index only, so a
+resumed or multi-process stage samples what one uninterrupted process would have."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from selftrain.io import read_jsonl, write_jsonl_atomic
+from selftrain.models import Student
+from selftrain.rundir import RunDir
+from selftrain.sampling import Engine, SamplingParams, generate
+from selftrain.tasks.base import Example, Task
+
+
+@dataclass
+class Style:
+    """One way of asking: its name in the records (None: not recorded), the sampler's
+    settings and the prompt's token ids of a question."""
+
+    name: str | None
+    params: SamplingParams
+    prompt_ids: Callable[[Example], list[int]]
+
+
+def sample(
+    rd: RunDir,
+    stage: str,
+    student: Student,
+    engine: Engine,
+    task: Task,
+    questions: Sequence[Example],
+    styles: Sequence[Style],
+    path: Path,
+    *,
+    weights: Path,
+    key: str | tuple[str, ...],
+    label: str,
+) -> None:
+    """Sample ``path`` from ``weights`` unless ``stage`` is done: per style, ``params.k``
+    judged paths for each question that lacks them; the first style's statistics go to
+    metrics.json at ``key``. Several processes each sample every ``world``-th question left;
+    rank 0 writes every record."""
+    if rd.done(stage):
+        return
+    with rd.stage(stage):
+        student.load_weights(weights)
+        runtime = rd.runtime
+        want = {s.name: s.params.k for s in styles}
+        rows = read_jsonl(path)
+        count = Counter((r.get("style"), r["id"]) for r in rows)
+        complete = [r for r in rows if count[r.get("style"), r["id"]] == want[r.get("style")]]
+        if len(complete) < len(rows) and runtime.is_main:  # killed mid-batch: redo those whole
+            write_jsonl_atomic(path, complete)
+        by_id = {e.id: e for e in questions}
+        for style in styles:
+            have = {r["id"] for r in complete if r.get("style") == style.name}
+            todo = [e for e in questions if e.id not in have]
+            if not todo:
+                continue
+            tag = {} if style.name is None else {"style": style.name}
+
+            def judged(batch, tag=tag):
+                return [
+                    {
+                        "id": qid,
+                        **tag,
+                        "text": text,
+                        "correct": task.is_correct(text, by_id[qid]),
+                        "tokens": n,
+                    }
+                    for qid, texts, lengths in batch
+                    for text, n in zip(texts, lengths, strict=True)
+                ]
+
+            items = [(e.id, style.prompt_ids(e)) for e in runtime.shard(todo)]
+            mine = (judged(b) for b in generate(student, items, style.params, engine))
+            total = len(todo) * style.params.k
+            name = f"{label} {style.name or 'sample'} k={style.params.k}"
+            for _ in runtime.collect(mine, path, name, total):
+                pass
+        first = styles[0]
+        rows = [r for r in read_jsonl(path) if r.get("style") == first.name]
+        rd.put(key, sample_stats(rows, first.params.k))
+
+
+def read_samples(path: Path, style: str | None = None) -> dict[str, list[dict]]:
+    """Question id -> its judged paths (of one style), in the order they were written."""
+    out: dict[str, list[dict]] = {}
+    for r in read_jsonl(path):
+        if r.get("style") == style:
+            out.setdefault(r["id"], []).append(r)
+    return out
+
+
+def sample_stats(rows: Sequence[dict], k: int) -> dict[str, Any]:
+    """The sampler's pass@k (share of questions with at least one correct path), path accuracy,
+    questions solved on every path and on none, and the mean path length in tokens."""
+    per_q: dict[str, list[bool]] = {}
+    for r in rows:
+        per_q.setdefault(r["id"], []).append(r["correct"])
+    n = max(1, len(per_q))
+    return {
+        "k": k,
+        "questions": len(per_q),
+        "paths": len(rows),
+        "pass@k": round(sum(any(v) for v in per_q.values()) / n, 4),
+        "path_accuracy": round(sum(r["correct"] for r in rows) / max(1, len(rows)), 4),
+        "all_correct": sum(all(v) for v in per_q.values()),
+        "none_correct": sum(not any(v) for v in per_q.values()),
+        "questions_with_a_wrong_path": sum(not all(v) for v in per_q.values()),
+        "mean_tokens": round(sum(r["tokens"] for r in rows) / max(1, len(rows)), 1),
+    }
