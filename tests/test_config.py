@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from selftrain.cli import _overrides, app
-from selftrain.config import Recipe, RecipeError, default_recipe_path, load_recipe
+from selftrain.config import RecipeError, SRITRecipe, default_recipe_path, load_recipe
 
 
 def _write(tmp_path, text: str, name: str = "recipe.yaml"):
@@ -35,7 +35,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def test_default_recipe_loads():
     r = load_recipe()
-    assert isinstance(r, Recipe)
+    assert isinstance(r, SRITRecipe)
     assert r.name == "rft-arithmetic"
     assert r.method == "srit"
     assert r.rft.enabled and r.rft.with_demos and r.student.autocast_bf16 == "auto"
@@ -68,12 +68,12 @@ def test_partial_recipe_keeps_defaults(tmp_path):
     r = load_recipe(path)
     assert r.name == "mine"
     assert r.sft.lr == pytest.approx(1e-3)
-    assert r.sft.batch_size == Recipe().sft.batch_size
-    assert r.dpo == Recipe().dpo
+    assert r.sft.batch_size == SRITRecipe().sft.batch_size
+    assert r.dpo == SRITRecipe().dpo
 
 
 def test_empty_recipe_file_is_all_defaults(tmp_path):
-    assert load_recipe(_write(tmp_path, "")) == Recipe()
+    assert load_recipe(_write(tmp_path, "")) == SRITRecipe()
 
 
 # --- errors name the file and the key ----------------------------------------------------
@@ -269,8 +269,9 @@ def test_micro_batches_and_the_engine_are_keys_of_every_method():
         },
     )
     assert r.sampling.engine == "vllm" and r.sampling.vllm.gpu_memory_utilization == 0.3
-    with pytest.raises(RecipeError, match="read by method srit only"):
-        load_recipe(st, {"sampling": {"k": 9}})  # the rest of sampling stays SRIT's
+    assert load_recipe(st, {"sampling": {"k": 9}}).sampling.k == 9  # the DPO step's k
+    with pytest.raises(RecipeError, match=r"unknown key 'sampling\.offset'"):
+        load_recipe(st, {"sampling": {"offset": 9}})  # SRIT's question range
     with pytest.raises(RecipeError, match=r"sampling\.engine"):
         load_recipe(None, {"sampling": {"engine": "tgi"}})
 

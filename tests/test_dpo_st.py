@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from selftrain.config import Recipe, RecipeError, load_recipe
+from selftrain.config import DPOSTRecipe, RecipeError, load_recipe, parse_recipe
 from selftrain.io import read_jsonl
 from selftrain.pipeline import dpo_st
 from selftrain.stages import dpo as stage_dpo
@@ -95,27 +95,25 @@ def test_pseudo_labels_gold_first_dedup_and_percentile_cap():
 # ---- the loop on a tiny model -------------------------------------------------------------------
 
 
-def _recipe(tiny_dir, **dpo_st_keys) -> Recipe:
+def _recipe(tiny_dir, **dpo_st_keys) -> DPOSTRecipe:
     data = {
         "name": "dpo-st-tiny",
         "method": "dpo_st",
         "student": {"model": str(tiny_dir), "lora": {"enabled": True, "r": 4}},
         "task": {"name": "arithmetic", "args": {"n_train": 8, "n_validation": 2, "n_test": 4}},
         "eval": {"splits": ["in_domain", "out_of_domain"], "n": 3, "max_new_tokens": 8},
+        "sampling": {"k": 2, "max_new_tokens": 8, "batch_size": 4},
         "dpo_st": {
             "rounds": 2,
             "baselines": ["self_training"],
             "n_questions": 6,
-            "k": 2,
             "sft_k": 2,
-            "max_new_tokens": 8,
-            "sampling_batch_size": 4,
             "sft": {"batch_size": 4, "epochs": 1},
             "dpo": {"batch_size": 4, "max_steps": 2, "lr": 1e-4},
             **dpo_st_keys,
         },
     }
-    return Recipe.model_validate(data)
+    return parse_recipe(data)
 
 
 def _with_correct_paths(real):
@@ -348,13 +346,13 @@ def test_bad_dpo_st_keys_are_named(tmp_path, text, key):
 
 def test_dpo_st_defaults_are_the_papers(tmp_path):
     r = load_recipe(_write(tmp_path, "method: dpo_st\n"))
-    c = r.dpo_st
-    assert (c.rounds, c.k, c.temperature, c.max_new_tokens) == (3, 5, 0.7, 300)
+    c, s = r.dpo_st, r.sampling
+    assert (c.rounds, s.k, s.temperature, s.max_new_tokens) == (3, 5, 0.7, 300)
     assert (c.similarity_threshold, c.pairs_per_question, c.sft_k) == (0.7, 3, 3)
     assert (c.cap_percentile, c.sft_init) == (90.0, "base")
     assert (c.dpo.loss, c.dpo.beta, c.dpo.nll_weight, c.dpo.lr) == ("sigmoid", 0.1, 0.0, 7e-7)
     assert (c.dpo.batch_size, c.dpo.max_steps, c.sft.lr, c.sft.epochs) == (96, 150, 3e-4, 8)
-    assert load_recipe().dpo_st is None  # the SRIT default recipe is unchanged
+    assert not hasattr(load_recipe(), "dpo_st")  # the SRIT default recipe has no such section
 
 
 @pytest.mark.parametrize("name", ["dpo_st.yaml", "dpo_st_gsm8k.yaml"])
@@ -362,5 +360,5 @@ def test_shipped_dpo_st_recipes_load(name):
     from selftrain.config import default_recipe_path
 
     r = load_recipe(default_recipe_path().parent / name)
-    assert r.method == "dpo_st" and r.dpo_st is not None
+    assert r.method == "dpo_st" and isinstance(r, DPOSTRecipe)
     assert "self_training" in r.dpo_st.baselines

@@ -18,7 +18,7 @@ import pytest
 from fakeopenai import FakeOpenAI
 from faultproxy import FaultProxy, FaultSchedule
 
-from selftrain.config import Recipe, TeacherConfig, load_recipe
+from selftrain.config import TeacherConfig, load_recipe, parse_recipe
 from selftrain.io import read_jsonl
 from selftrain.tasks import ArithmeticTask
 from selftrain.tasks.base import Example
@@ -575,14 +575,14 @@ def test_teacher_config_kinds():
 def test_a_run_dir_saved_before_the_new_teacher_keys_still_resumes(tmp_path):
     import yaml
 
-    from selftrain.pipeline.rundir import RunDir
+    from selftrain.rundir import RunDir
 
     recipe = load_recipe(None)
     saved = recipe.model_dump(mode="json")
     saved["teacher"] = {"kind": "solver", "n_questions": recipe.teacher.n_questions}
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(saved))
     RunDir(tmp_path, recipe)  # no RunDirError
-    other = Recipe.model_validate({**saved, "teacher": {**saved["teacher"], "n_per_question": 2}})
+    other = parse_recipe({**saved, "teacher": {**saved["teacher"], "n_per_question": 2}})
     with pytest.raises(RuntimeError, match=r"teacher\.n_per_question"):
         RunDir(tmp_path, other)
 
@@ -606,8 +606,8 @@ def _stage_recipe(url: str, **teacher):
 
 
 def test_srit_demos_stage_asks_the_api_and_keeps_several_demos_per_question(tmp_path):
-    from selftrain.pipeline import srit
-    from selftrain.pipeline.rundir import RunDir
+    from selftrain.stages import demos as stage
+    from selftrain.rundir import RunDir
 
     task = ArithmeticTask(n_train=6, n_validation=2, n_test=2)
     train = task.load("train")
@@ -621,18 +621,18 @@ def test_srit_demos_stage_asks_the_api_and_keeps_several_demos_per_question(tmp_
             price_per_million_input=1.0,
         )
         rd = RunDir(tmp_path / "run", recipe)
-        demos = srit._demos(rd, task, train, recipe)
+        demos = stage.demos(rd, task, train, recipe)
         assert sum(server.requests.values()) == 8
     assert set(demos) == {e.id for e in train[:3]} and all(len(v) == 2 for v in demos.values())
-    sft = srit._demo_examples(train, demos)
+    sft = stage.demo_examples(train, demos)
     assert len(sft) == 6 and [e.id for e, _ in sft][:2] == [train[0].id] * 2
     assert rd.metrics["demos"]["kept"] == 6 and rd.metrics["demos"]["cost"] > 0
     assert rd.done("demos")
 
 
 def test_srit_demos_stage_stays_undone_while_a_request_failed(tmp_path):
-    from selftrain.pipeline import srit
-    from selftrain.pipeline.rundir import RunDir
+    from selftrain.stages import demos as stage
+    from selftrain.rundir import RunDir
 
     task = ArithmeticTask(n_train=6, n_validation=2, n_test=2)
     train = task.load("train")
@@ -640,7 +640,7 @@ def test_srit_demos_stage_stays_undone_while_a_request_failed(tmp_path):
     recipe = _stage_recipe(dead, max_retries=0, cache_dir=str(tmp_path / "c"))
     rd = RunDir(tmp_path / "run", recipe)
     with pytest.raises(TeacherError, match="4 teacher requests failed"):
-        srit._demos(rd, task, train, recipe)
+        stage.demos(rd, task, train, recipe)
     assert not rd.done("demos")
     rows = read_jsonl(tmp_path / "run" / "demos.jsonl")
     assert len(rows) == 4 and {r["status"] for r in rows} == {"failed"}

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from selftrain.config import Recipe
+from selftrain.config import Recipe, parse_recipe
 from selftrain.io import read_json, write_json_atomic, write_text_atomic
 from selftrain.progress import log
 from selftrain.runtime import Runtime
@@ -156,7 +156,7 @@ def _with_defaults(saved: Any) -> Any:
     """A saved recipe with the keys it lacks at today's defaults (as saved if it no longer
     validates: the comparison then names what differs)."""
     try:
-        return Recipe.model_validate(saved).model_dump(mode="json")
+        return parse_recipe(saved).model_dump(mode="json")
     except ValidationError:
         return saved
 

@@ -23,19 +23,19 @@ from pathlib import Path
 import torch
 
 from selftrain import tasks
-from selftrain.config import DPOSTConfig, Recipe
+from selftrain.config import DPOSTConfig, DPOSTRecipe
 from selftrain.models import Student
 from selftrain.pipeline.dpo_st_report import write_report
 from selftrain.progress import log, setup_logging
 from selftrain.rundir import RunDir
 from selftrain.runtime import Runtime
-from selftrain.sampling import Engine, SamplingParams, make_engine
+from selftrain.sampling import Engine, make_engine
 from selftrain.stages.data import EvalSet, Prompts, dpo_st_data, gold_rationale
 from selftrain.stages.dpo import dpo_stage
 from selftrain.stages.evaluate import calculator_stage, evaluate_stage
 from selftrain.stages.pairs import TokenSets, dpo_st_pairs_stage
 from selftrain.stages.pseudo_labels import dpo_st_sft_data_stage
-from selftrain.stages.sample import Style, sample
+from selftrain.stages.sample import Style, sample, sampling_params
 from selftrain.stages.sft import sft_stage
 from selftrain.tasks.base import Example
 
@@ -47,7 +47,7 @@ class _Run:
     """What every stage of the run reads."""
 
     rd: RunDir
-    recipe: Recipe
+    recipe: DPOSTRecipe
     cfg: DPOSTConfig
     student: Student
     engine: Engine  # decodes every sampling and evaluation stage
@@ -59,17 +59,16 @@ class _Run:
     tokens: TokenSets  # the paper's similarity tokens: the student tokenizer's
 
 
-def arms(recipe: Recipe) -> list[str]:
+def arms(recipe: DPOSTRecipe) -> list[str]:
     """The arms a recipe runs: its method first, then its baselines."""
-    assert recipe.dpo_st is not None
     out = [recipe.method]
     out += [b for b in recipe.dpo_st.baselines if b not in out]
     return out
 
 
-def run(recipe: Recipe, run_dir: str | Path) -> dict:
+def run(recipe: DPOSTRecipe, run_dir: str | Path) -> dict:
     """Run (or resume) DPO-ST / self-training in ``run_dir``; return metrics.json's content."""
-    if recipe.dpo_st is None or recipe.method == "srit":
+    if not isinstance(recipe, DPOSTRecipe):
         raise ValueError("dpo_st.run needs a recipe with method dpo_st or self_training")
     runtime = Runtime.start(recipe.student.device)
     rd = RunDir(run_dir, recipe, runtime)
@@ -157,7 +156,7 @@ def _round(run: _Run, arm: str, r: int, sft_model: Path) -> Path:
         path = folder / "dpo_samples.jsonl"
         sample(
             rd, f"{prefix}.dpo_samples", run.student, run.engine, run.prompts.task, run.train,
-            [_style(run, cfg.k, _seed(seed, arm, r, 1))], path,
+            [_style(run, run.recipe.sampling.k, _seed(seed, arm, r, 1))], path,
             weights=sft_model, key=(*mkey, "dpo_samples"), label=prefix,
         )  # fmt: skip
         pairs = dpo_st_pairs_stage(
@@ -210,18 +209,8 @@ def _evaluate(run: _Run, name: str, weights: Path, key: tuple[str, ...], stage: 
 
 
 def _style(run: _Run, k: int, seed: int) -> Style:
-    """``k`` paths per question at the recipe's temperature."""
-    c = run.cfg
-    params = SamplingParams(
-        k=k,
-        greedy=False,
-        temperature=c.temperature,
-        top_p=c.top_p,
-        max_new_tokens=c.max_new_tokens,
-        batch_size=c.sampling_batch_size,
-        seed=seed,
-        calculator=run.recipe.calculator,
-    )
+    """``k`` paths per question as the recipe's ``sampling`` section says."""
+    params = sampling_params(run.recipe.sampling, k=k, seed=seed, calculator=run.recipe.calculator)
     return Style(None, params, run.prompts)
 
 

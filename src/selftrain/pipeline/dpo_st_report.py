@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from selftrain.config import Recipe
+from selftrain.config import DPOSTRecipe
 from selftrain.io import write_text_atomic
 from selftrain.progress import console
 from selftrain.rundir import RunDir
@@ -113,17 +113,16 @@ def calculator_table(metrics: dict, labels: Sequence[str]) -> str:
 
 
 def report_markdown(
-    metrics: dict, recipe: Recipe, arms: Sequence[str], labels: Sequence[str]
+    metrics: dict, recipe: DPOSTRecipe, arms: Sequence[str], labels: Sequence[str]
 ) -> str:
     """The run's report: the settings that matter, the table by round, the calculator's effect,
     the stage timings."""
-    cfg = recipe.dpo_st
-    assert cfg is not None
+    cfg, sampling = recipe.dpo_st, recipe.sampling
     parts = [
         f"# {recipe.name}: DPO-augmented self-training\n",
         f"Student `{recipe.student.model}` on task `{recipe.task.name}`; arms: "
         f"{', '.join(ARM_NAMES.get(a, a) for a in arms)} from one warm-up SFT; {cfg.rounds} "
-        f"rounds. DPO step: k={cfg.k} samples/question at T={cfg.temperature}, Jaccard "
+        f"rounds. DPO step: k={sampling.k} samples/question at T={sampling.temperature}, Jaccard "
         f"threshold {cfg.similarity_threshold}, {cfg.pairs_per_question} least-similar pairs "
         f"per question, {cfg.dpo.loss} loss, beta {cfg.dpo.beta}, NLL weight "
         f"{cfg.dpo.nll_weight}. SFT step: {cfg.sft_k} samples/question, next SFT from the "
@@ -172,7 +171,9 @@ def plot_accuracy(
     plt.close(fig)
 
 
-def write_report(rd: RunDir, recipe: Recipe, arms: Sequence[str], labels: Sequence[str]) -> None:
+def write_report(
+    rd: RunDir, recipe: DPOSTRecipe, arms: Sequence[str], labels: Sequence[str]
+) -> None:
     """report.md, accuracy_by_round.png and the tables on the console (rank 0)."""
     write_text_atomic(rd / "report.md", report_markdown(rd.metrics, recipe, arms, labels))
     plot_accuracy(rd.metrics, arms, labels, rd / "accuracy_by_round.png")

@@ -16,20 +16,20 @@ from pathlib import Path
 import torch
 
 from selftrain import tasks
-from selftrain.config import Recipe
+from selftrain.config import SRITRecipe as Recipe
 from selftrain.eval.generative import accuracy_table
 from selftrain.models import Student
 from selftrain.progress import console, log, setup_logging
 from selftrain.rundir import RunDir
 from selftrain.runtime import Runtime
-from selftrain.sampling import Engine, SamplingParams, make_engine
+from selftrain.sampling import Engine, make_engine
 from selftrain.stages.data import Prompts, eval_sets, srit_data
 from selftrain.stages.demos import demo_examples, demos
 from selftrain.stages.dpo import dpo_stage, has_pairs
 from selftrain.stages.evaluate import compare_stage, evaluate_stage
 from selftrain.stages.pairs import srit_pairs_stage
 from selftrain.stages.pseudo_labels import rft_stage
-from selftrain.stages.sample import Style, read_samples, sample
+from selftrain.stages.sample import Style, read_samples, sample, sampling_params
 from selftrain.stages.sft import sft_stage, validator
 from selftrain.stats import describe
 
@@ -153,28 +153,17 @@ def _stages(rd: RunDir, recipe: Recipe, task, splits: dict, student: Student, en
 def _styles(recipe: Recipe, prompts: Prompts) -> list[Style]:
     """CoT paths (k per question); for ``cot_vs_direct`` pairs also one direct answer, asked
     for by the prompt's added instruction."""
-    s = recipe.sampling
-
-    def params(k: int, seed: int) -> SamplingParams:
-        return SamplingParams(
-            k=k,
-            greedy=False,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            max_new_tokens=s.max_new_tokens,
-            batch_size=s.batch_size,
-            seed=seed,
-            calculator=recipe.calculator,
-        )
-
-    styles = [Style("cot", params(s.k, recipe.seed), prompts)]
+    s, seed, calc = recipe.sampling, recipe.seed, recipe.calculator
+    styles = [Style("cot", sampling_params(s, k=s.k, seed=seed, calculator=calc), prompts)]
     if recipe.pairs.policy == "cot_vs_direct":
         instruction = recipe.pairs.direct_instruction
 
         def direct(e) -> list[int]:
             return prompts.student.prompt_ids(f"{prompts.task.prompt(e)}\n{instruction}")
 
-        styles.append(Style("direct", params(1, recipe.seed + 1), direct))
+        styles.append(
+            Style("direct", sampling_params(s, k=1, seed=seed + 1, calculator=calc), direct)
+        )
     return styles
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from selftrain import tasks
-from selftrain.config import Recipe
+from selftrain.config import DPOSTRecipe, SRITRecipe
 from selftrain.io import read_jsonl, write_jsonl_atomic
 from selftrain.models import Student
 from selftrain.progress import log
@@ -45,7 +45,7 @@ def _write(path: Path, examples: list[Example]) -> None:
     write_jsonl_atomic(path, (e.to_dict() for e in examples))
 
 
-def srit_data(rd: RunDir, task: Task, recipe: Recipe) -> dict[str, list[Example]]:
+def srit_data(rd: RunDir, task: Task, recipe: SRITRecipe) -> dict[str, list[Example]]:
     """SRIT's splits: train (the demonstrated questions, then the sampled ones), validation
     (SFT's early stopping) and every evaluation split."""
     needed = {"train", "validation", *recipe.eval.splits}
@@ -87,11 +87,10 @@ def eval_sets(task: Task, splits: dict[str, list[Example]], names: list[str]) ->
     return [EvalSet(name, task, splits[name]) for name in names]
 
 
-def dpo_st_data(rd: RunDir, task: Task, recipe: Recipe) -> tuple[list[Example], list[EvalSet]]:
+def dpo_st_data(rd: RunDir, task: Task, recipe: DPOSTRecipe) -> tuple[list[Example], list[EvalSet]]:
     """DPO-ST's training questions (less a ``dev`` hold-out) and every evaluation set: the
     task's splits and ``dpo_st.eval_tasks``."""
     cfg = recipe.dpo_st
-    assert cfg is not None
     have = set(task.splits())
     wanted = [s for s in recipe.eval.splits if s != "dev"]
     missing = sorted(set(wanted) - have) + (
@@ -131,10 +130,9 @@ def dpo_st_data(rd: RunDir, task: Task, recipe: Recipe) -> tuple[list[Example], 
 
 
 def _write_dpo_st(
-    data: Path, task: Task, recipe: Recipe, wanted: list[str], extra: dict[str, Task]
+    data: Path, task: Task, recipe: DPOSTRecipe, wanted: list[str], extra: dict[str, Task]
 ) -> None:
     cfg = recipe.dpo_st
-    assert cfg is not None
     if cfg.dev_holdout:
         pool = task.load("train")
         if len(pool) <= cfg.dev_holdout:

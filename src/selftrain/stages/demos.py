@@ -3,14 +3,14 @@ when right (``demos.jsonl``, appended as answers arrive; a rerun asks only what 
 
 from __future__ import annotations
 
-from selftrain.config import Recipe
+from selftrain.config import SRITRecipe
 from selftrain.io import read_jsonl
 from selftrain.rundir import RunDir
 from selftrain.tasks.base import Example, Task
 from selftrain.teachers import TeacherError, build_teacher, kept_demos, prices_of, run_demos
 
 
-def demos(rd: RunDir, task: Task, train: list[Example], recipe: Recipe) -> dict[str, list[str]]:
+def demos(rd: RunDir, task: Task, train: list[Example], recipe: SRITRecipe) -> dict[str, list[str]]:
     """Teacher demonstrations for the first ``teacher.n_questions`` training questions
     (``teacher.n_per_question`` each), kept when verified; question id -> kept texts. A
     request that failed after its retries leaves the stage undone, so the next run asks for it

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from selftrain.config import SamplingConfig
 from selftrain.io import read_jsonl, write_jsonl_atomic
 from selftrain.models import Student
 from selftrain.rundir import RunDir
@@ -87,6 +88,20 @@ def sample(
         first = styles[0]
         rows = [r for r in read_jsonl(path) if r.get("style") == first.name]
         rd.put(key, sample_stats(rows, first.params.k))
+
+
+def sampling_params(cfg: SamplingConfig, *, k: int, seed: int, calculator: bool) -> SamplingParams:
+    """The sampler's settings for ``k`` paths per question from a recipe's ``sampling``."""
+    return SamplingParams(
+        k=k,
+        greedy=False,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size,
+        seed=seed,
+        calculator=calculator,
+    )
 
 
 def read_samples(path: Path, style: str | None = None) -> dict[str, list[dict]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from selftrain.config import OptimizerConfig, Recipe
+from selftrain.config import OptimizerConfig, SRITRecipe
 from selftrain.eval.generative import evaluate
 from selftrain.models import Student
 from selftrain.progress import log
@@ -84,7 +84,7 @@ def sft_stage(
 
 
 def validator(
-    student: Student, task: Task, val: list[Example], recipe: Recipe, engine: Engine
+    student: Student, task: Task, val: list[Example], recipe: SRITRecipe, engine: Engine
 ) -> Callable[[], dict]:
     """SRIT stage 1's validation: greedy accuracy on ``val`` (and the loss of their gold
     rationales, where they have one)."""

@@ -1,24 +1,14 @@
-"""Recipe schema (pydantic) and YAML loading with errors that name the key and the file.
+"""The recipe's sections that every method shares (pydantic models, unknown keys forbidden).
 
-Every knob of a run lives here; a recipe file sets any subset of them and the rest keep
-the defaults below, which are the embedded default recipe's values.
+A recipe file sets any subset of the keys; the rest keep the defaults here.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -160,10 +150,8 @@ class VLLMConfig(_Strict):
 
 
 class SamplingConfig(_Strict):
-    n_questions: int = Field(300, gt=0)  # training questions the student answers itself
-    # where those questions start in the train split: 0 re-asks the demonstrated questions;
-    # teacher.n_questions asks only questions the teacher never demonstrated (no fallback)
-    offset: int = Field(0, ge=0)
+    """How the student samples its own reasoning paths; read by every method."""
+
     k: int = Field(4, gt=0)  # reasoning paths per question
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -171,7 +159,7 @@ class SamplingConfig(_Strict):
     batch_size: int = Field(64, gt=0)  # rows decoded together
     # the decoding engine of every sampling and evaluation stage of the run: builtin (our
     # loop, any device), vllm (pip install selftrain[vllm], a CUDA GPU), auto: vllm where it
-    # can run, else builtin. Read by every method.
+    # can run, else builtin
     engine: Literal["builtin", "vllm", "auto"] = "auto"
     vllm: VLLMConfig = VLLMConfig()
 
@@ -225,176 +213,3 @@ class EvalConfig(_Strict):
     evaluate_base: bool = True
     max_new_tokens: int = Field(96, gt=0)
     batch_size: int = Field(64, gt=0)
-
-
-class DPOSTSFTConfig(OptimizerConfig):
-    """SFT in DPO-ST: the warm-up on gold rationales and every round's SFT step (fixed epochs,
-    no early stopping). Defaults: the paper's Flan-T5 values."""
-
-    batch_size: int = Field(96, gt=0)
-    epochs: int = Field(8, gt=0)
-    warmup_epochs: int | None = Field(None, gt=0)  # epochs of the warm-up SFT; None: epochs
-    max_steps: int | None = Field(None, gt=0)  # caps every SFT run's optimizer steps
-    weight_decay: float = Field(0.01, ge=0)
-
-
-class DPOSTDPOConfig(DPOConfig):
-    """The DPO step of DPO-ST (reference: the round's SFT model). Defaults: the paper's Flan-T5
-    values (sigmoid loss, beta 0.1, batch 96, 150 steps, lr 7e-7, no NLL term)."""
-
-    lr: float = Field(7e-7, gt=0)
-    batch_size: int = Field(96, gt=0)
-    max_steps: int | None = Field(150, gt=0)  # None: ``epochs`` passes over the pairs
-    weight_decay: float = Field(0.01, ge=0)
-
-
-class EvalTaskConfig(_Strict):
-    """Another task's split evaluated after every round (e.g. out-of-domain benchmarks)."""
-
-    name: str  # registry name: multiarith, asdiv, svamp, ...
-    label: str | None = None  # column name in tables; None: the task name
-    args: dict[str, Any] = {}  # task constructor arguments (data_dir, style, ...)
-    split: str = "test"
-    n: int | None = Field(None, gt=0)  # first n questions; None: all
-
-
-class DPOSTConfig(_Strict):
-    """DPO-augmented self-training (Wang, Li & Lu, ACL 2024); defaults are the paper's."""
-
-    rounds: int = Field(3, gt=0)
-    # arms trained from the same warm-up besides ``method`` (dpo_st or self_training)
-    baselines: list[Literal["dpo_st", "self_training"]] = []
-    n_questions: int | None = Field(None, gt=0)  # training questions; None: all but the dev set
-    # the first N training questions keep their gold rationale (warm-up data, gold in every
-    # pool); the rest are answer-only, learned from self-samples alone (self-training's
-    # semi-supervised setting). None: every question has its gold rationale (the paper)
-    gold_questions: int | None = Field(None, gt=0)
-    dev_holdout: int = Field(0, ge=0)  # last N train questions held out as split "dev"
-    # a quick run: at most this many training questions and questions per evaluation set
-    limit: int | None = Field(None, gt=0)
-    # DPO step: the round's SFT model samples k rationales per question
-    k: int = Field(5, gt=0)
-    temperature: float = Field(0.7, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(300, gt=0)
-    sampling_batch_size: int = Field(64, gt=0)  # rows decoded together
-    similarity_threshold: float = Field(0.7, gt=0, le=1)  # token-set Jaccard above it: duplicate
-    pairs_per_question: int = Field(3, gt=0)  # the m least similar chosen x rejected pairs
-    # SFT step: the DPO model (self-training: the SFT model) samples pseudo-labels
-    sft_k: int = Field(3, gt=0)
-    pseudo_label_cap: int | None = Field(None, gt=0)  # per question; None: the percentile below
-    cap_percentile: float = Field(90.0, gt=0, le=100)
-    sft_init: Literal["base", "previous"] = "base"  # next SFT from the base or the last SFT model
-    eval_dpo_model: bool = False  # also evaluate each round's DPO model
-    eval_tasks: list[EvalTaskConfig] = []
-    # evaluate the warm-up and each arm's final model with the calculator switched the other way
-    calculator_ablation: bool = True
-    calculator_ablation_n: int | None = Field(None, gt=0)  # questions per split; None: all
-    sft: DPOSTSFTConfig = DPOSTSFTConfig()
-    dpo: DPOSTDPOConfig = DPOSTDPOConfig()
-
-    @model_validator(mode="after")
-    def _gold_within_questions(self) -> DPOSTConfig:
-        if self.gold_questions and self.n_questions and self.gold_questions > self.n_questions:
-            raise ValueError(
-                f"dpo_st.gold_questions ({self.gold_questions}) is more than dpo_st.n_questions "
-                f"({self.n_questions})"
-            )
-        return self
-
-
-# sections only the SRIT method reads; DPO-ST keeps its own under ``dpo_st``
-_SRIT_ONLY = ("teacher", "sft", "sampling", "pairs", "rft", "dpo", "sft_more")
-
-
-class Recipe(_Strict):
-    name: str = "srit-arithmetic"
-    # srit: self-refine instruction-tuning; dpo_st: DPO-augmented self-training;
-    # self_training: the same loop without the DPO step (RFT)
-    method: Literal["srit", "dpo_st", "self_training"] = "srit"
-    seed: int = 0
-    threads: int | None = None  # torch threads; None: torch's default
-    # fill in ``<<expr=`` annotations with a safe calculator while decoding (sampling and eval)
-    calculator: bool = True
-    student: StudentConfig = StudentConfig()
-    task: TaskConfig = TaskConfig()
-    teacher: TeacherConfig = TeacherConfig()
-    sft: SFTConfig = SFTConfig()
-    sampling: SamplingConfig = SamplingConfig()
-    pairs: PairsConfig = PairsConfig()
-    rft: RFTConfig = RFTConfig()
-    dpo: DPOConfig = DPOConfig()
-    eval: EvalConfig = EvalConfig()
-    # the control: SFT on the demonstrations trained on for as many steps as RFT and DPO took
-    sft_more: bool = True
-    dpo_st: DPOSTConfig | None = None  # method dpo_st / self_training (defaults when absent)
-
-    @model_validator(mode="after")
-    def _sections_of_method(self) -> Recipe:
-        """``method`` decides which sections a recipe may set."""
-        if self.method == "srit":
-            if self.dpo_st is not None:
-                raise ValueError("key 'dpo_st' is read by methods dpo_st and self_training only")
-            return self
-        if self.dpo_st is None:
-            self.dpo_st = DPOSTConfig()
-        for key in _SRIT_ONLY:
-            value = getattr(self, key)
-            if key == "sampling":  # its engine keys are every method's
-                value = value.model_copy(update={"engine": "auto", "vllm": VLLMConfig()})
-            if key in self.model_fields_set and value != type(self).model_fields[key].get_default(
-                call_default_factory=True
-            ):
-                raise ValueError(
-                    f"key '{key}' is read by method srit only; method {self.method} takes its "
-                    f"settings from dpo_st (e.g. dpo_st.sft, dpo_st.dpo, dpo_st.k)"
-                )
-        return self
-
-
-class RecipeError(ValueError):
-    """A recipe file that cannot be used; the message names the file and the key."""
-
-
-def default_recipe_path() -> Path:
-    return Path(__file__).parent / "recipes" / "default.yaml"
-
-
-def load_recipe(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Recipe:
-    """Load a recipe YAML (the embedded default when ``path`` is None), then apply
-    ``overrides`` (a nested dict). Unknown keys and wrong types raise RecipeError."""
-    path = Path(path) if path is not None else default_recipe_path()
-    if not path.exists():
-        raise RecipeError(f"{path}: recipe file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe must be a mapping of keys, got {type(data).__name__}")
-    if overrides:
-        data = _merge(data, overrides)
-    try:
-        return Recipe.model_validate(data)
-    except ValidationError as e:
-        raise RecipeError(_describe(path, e)) from None
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _describe(path: Path, err: ValidationError) -> str:
-    lines = [f"{path}: invalid recipe"]
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
-        if not key:  # a check across sections: its message names the keys
-            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
-        elif e["type"] == "extra_forbidden":
-            lines.append(f"  unknown key '{key}'")
-        else:
-            lines.append(f"  key '{key}': {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(lines)
