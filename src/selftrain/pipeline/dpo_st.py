@@ -32,10 +32,10 @@ from selftrain.runtime import Runtime
 from selftrain.sampling import Engine, make_engine
 from selftrain.stages.data import EvalSet, Prompts, dpo_st_data, gold_rationale
 from selftrain.stages.dpo import dpo_stage
-from selftrain.stages.evaluate import calculator_stage, evaluate_stage
+from selftrain.stages.evaluate import Evaluator
 from selftrain.stages.pairs import TokenSets, dpo_st_pairs_stage
 from selftrain.stages.pseudo_labels import dpo_st_sft_data_stage
-from selftrain.stages.sample import Style, sample, sampling_params
+from selftrain.stages.sample import Sampler, Style, sampling_params
 from selftrain.stages.sft import sft_stage
 from selftrain.tasks.base import Example
 
@@ -57,6 +57,8 @@ class _Run:
     gold: dict[str, str]  # question id -> gold rationale (the first gold_questions)
     prompts: Prompts
     tokens: TokenSets  # the paper's similarity tokens: the student tokenizer's
+    evaluate: Evaluator
+    sample: Sampler
 
 
 def arms(recipe: DPOSTRecipe) -> list[str]:
@@ -80,18 +82,21 @@ def run(recipe: DPOSTRecipe, run_dir: str | Path) -> dict:
     train, evals = dpo_st_data(rd, task, recipe)
     student = Student.load(recipe.student, runtime)  # after the seed: LoRA's initial weights
     gold = {e.id: gold_rationale(task, e) for e in train[: recipe.dpo_st.gold_questions]}
+    engine = make_engine(recipe.sampling.engine, recipe.sampling.vllm, runtime, rd / "vllm")
     run = _Run(
         rd=rd,
         recipe=recipe,
         cfg=recipe.dpo_st,
         student=student,
-        engine=make_engine(recipe.sampling.engine, recipe.sampling.vllm, runtime, rd / "vllm"),
+        engine=engine,
         base=student.snapshot(),
         train=train,
         evals=evals,
         gold=gold,
         prompts=Prompts(student, task),
         tokens=TokenSets(student.tokenizer),
+        evaluate=Evaluator(rd, student, engine, evals, recipe.eval, recipe.calculator),
+        sample=Sampler(rd, student, engine, task),
     )
     if runtime.is_main:
         log.info(
@@ -126,7 +131,7 @@ def _stages(run: _Run) -> None:
         max_steps=_max_steps(cfg, len(run.gold), cfg.sft.warmup_epochs or cfg.sft.epochs),
         info={"from": "base"},
     )  # fmt: skip
-    _evaluate(run, WARMUP, warm, (WARMUP, "eval"), "warmup.eval")
+    run.evaluate("warmup.eval", (WARMUP, "eval"), WARMUP, warm)
 
     for arm in arms(run.recipe):
         sft_model = warm
@@ -140,10 +145,7 @@ def _stages(run: _Run) -> None:
             for arm in arms(run.recipe)
         }
         for name, weights in finals.items():
-            calculator_stage(
-                rd, name, run.student, run.engine, run.evals, run.recipe.eval,
-                calculator=run.recipe.calculator, weights=weights, n=cfg.calculator_ablation_n,
-            )  # fmt: skip
+            run.evaluate.calculator_effect(name, weights, cfg.calculator_ablation_n)
 
 
 def _round(run: _Run, arm: str, r: int, sft_model: Path) -> Path:
@@ -154,11 +156,9 @@ def _round(run: _Run, arm: str, r: int, sft_model: Path) -> Path:
     sampler = sft_model  # self-training: the SFT model writes its own pseudo-labels
     if arm == "dpo_st":
         path = folder / "dpo_samples.jsonl"
-        sample(
-            rd, f"{prefix}.dpo_samples", run.student, run.engine, run.prompts.task, run.train,
-            [_style(run, run.recipe.sampling.k, _seed(seed, arm, r, 1))], path,
-            weights=sft_model, key=(*mkey, "dpo_samples"), label=prefix,
-        )  # fmt: skip
+        style = _style(run, run.recipe.sampling.k, _seed(seed, arm, r, 1))
+        run.sample(f"{prefix}.dpo_samples", run.train, [style], path, weights=sft_model,
+                   key=(*mkey, "dpo_samples"), label=prefix)  # fmt: skip
         pairs = dpo_st_pairs_stage(
             rd, f"{prefix}.pairs", (*mkey, "pairs"),
             [_round_dir(rd, arm, i) / "dpo_samples.jsonl" for i in range(1, r + 1)], run.gold,
@@ -174,14 +174,10 @@ def _round(run: _Run, arm: str, r: int, sft_model: Path) -> Path:
         if steps is not None:
             sampler = dpo_model
             if cfg.eval_dpo_model:
-                _evaluate(
-                    run, f"{prefix}.dpo", dpo_model, (*mkey, "eval_dpo"), f"{prefix}.eval_dpo"
-                )
-    sample(
-        rd, f"{prefix}.sft_samples", run.student, run.engine, run.prompts.task, run.train,
-        [_style(run, cfg.sft_k, _seed(seed, arm, r, 2))], folder / "sft_samples.jsonl",
-        weights=sampler, key=(*mkey, "sft_samples"), label=prefix,
-    )  # fmt: skip
+                run.evaluate(f"{prefix}.eval_dpo", (*mkey, "eval_dpo"), f"{prefix}.dpo", dpo_model)
+    style = _style(run, cfg.sft_k, _seed(seed, arm, r, 2))
+    run.sample(f"{prefix}.sft_samples", run.train, [style], folder / "sft_samples.jsonl",
+               weights=sampler, key=(*mkey, "sft_samples"), label=prefix)  # fmt: skip
     data = dpo_st_sft_data_stage(
         rd, f"{prefix}.sft_data", (*mkey, "pseudo_labels"),
         [_round_dir(rd, arm, i) / "sft_samples.jsonl" for i in range(1, r + 1)], run.gold,
@@ -197,15 +193,8 @@ def _round(run: _Run, arm: str, r: int, sft_model: Path) -> Path:
         epochs=cfg.sft.epochs, max_steps=_max_steps(cfg, len(data), cfg.sft.epochs),
         info={"from": "previous" if previous else "base"},
     )  # fmt: skip
-    _evaluate(run, prefix, new_sft, (*mkey, "eval"), f"{prefix}.eval")
+    run.evaluate(f"{prefix}.eval", (*mkey, "eval"), prefix, new_sft)
     return new_sft
-
-
-def _evaluate(run: _Run, name: str, weights: Path, key: tuple[str, ...], stage: str) -> None:
-    evaluate_stage(
-        run.rd, stage, key, name, run.student, run.engine, run.evals, run.recipe.eval,
-        calculator=run.recipe.calculator, weights=weights,
-    )  # fmt: skip
 
 
 def _style(run: _Run, k: int, seed: int) -> Style:

@@ -26,10 +26,10 @@ from selftrain.sampling import Engine, make_engine
 from selftrain.stages.data import Prompts, eval_sets, srit_data
 from selftrain.stages.demos import demo_examples, demos
 from selftrain.stages.dpo import dpo_stage, has_pairs
-from selftrain.stages.evaluate import compare_stage, evaluate_stage
+from selftrain.stages.evaluate import Evaluator, compare_stage
 from selftrain.stages.pairs import srit_pairs_stage
 from selftrain.stages.pseudo_labels import rft_stage
-from selftrain.stages.sample import Style, read_samples, sample, sampling_params
+from selftrain.stages.sample import Sampler, Style, read_samples, sampling_params
 from selftrain.stages.sft import sft_stage, validator
 from selftrain.stats import describe
 
@@ -82,12 +82,11 @@ def _stages(rd: RunDir, recipe: Recipe, task, splits: dict, student: Student, en
     train, seed, c = splits["train"], recipe.seed, recipe
     evals = eval_sets(task, splits, recipe.eval.splits)
     prompts = Prompts(student, task)
+    evaluator = Evaluator(rd, student, engine, evals, c.eval, c.calculator)
+    sample = Sampler(rd, student, engine, task)
 
     def evaluate(name: str, weights: Path | None, n: int | None = None) -> None:
-        evaluate_stage(
-            rd, f"eval_{name}", name, name, student, engine, evals, c.eval,
-            calculator=c.calculator, weights=weights, n=n,
-        )  # fmt: skip
+        evaluator(f"eval_{name}", name, name, weights, n)
 
     if c.eval.evaluate_base:
         evaluate("base", None, c.eval.base_n)
@@ -109,7 +108,7 @@ def _stages(rd: RunDir, recipe: Recipe, task, splits: dict, student: Student, en
     questions = train[c.sampling.offset : c.sampling.offset + c.sampling.n_questions]
     samples = rd / "samples.jsonl"
     sample(
-        rd, "samples", student, engine, task, questions, _styles(recipe, prompts), samples,
+        "samples", questions, _styles(recipe, prompts), samples,
         weights=sft, key="samples", label="sample",
     )  # fmt: skip
     cot, direct = read_samples(samples, "cot"), read_samples(samples, "direct")

@@ -5,6 +5,7 @@ comparisons of two models on the same questions; the calculator's effect."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from selftrain.config import EvalConfig
@@ -18,45 +19,71 @@ from selftrain.stages.data import EvalSet
 from selftrain.stats import compare
 
 
-def evaluate_stage(
-    rd: RunDir,
-    stage: str,
-    key: str | tuple[str, ...],
-    name: str,
-    student: Student,
-    engine: Engine,
-    evals: Sequence[EvalSet],
-    cfg: EvalConfig,
-    *,
-    calculator: bool,
-    weights: Path | None = None,
-    n: int | None = None,
-) -> dict:
-    """Accuracy of ``weights`` (None: the weights the student holds) on the first ``n``
-    questions (None: all) of every set, as model ``name``, unless ``stage`` is done;
-    metrics.json's ``key`` gets the result, which is returned."""
-    if rd.done(stage):
-        return rd.get(key)
-    with rd.stage(stage):
-        if weights is not None:
-            student.load_weights(weights)
-        result = {}
-        for s in evals:
-            result[s.label] = evaluate(
-                student,
-                s.task,
-                s.examples[:n] if n else s.examples,
-                max_new_tokens=cfg.max_new_tokens,
-                batch_size=cfg.batch_size,
-                out=rd / "eval" / name / f"{s.label}.jsonl",
-                label=f"eval {name} {s.label}",
-                calculator=calculator,
-                engine=engine,
-            )
-            if rd.runtime.is_main:
-                log.info("%s %s: %s", name, s.label, result[s.label])
-        rd.put(key, result)
-    return result
+@dataclass
+class Evaluator:
+    """How a run evaluates: its student, decoding engine, evaluation sets and settings, and
+    the recipe's ``calculator`` setting."""
+
+    rd: RunDir
+    student: Student
+    engine: Engine
+    evals: Sequence[EvalSet]
+    cfg: EvalConfig
+    calculator: bool
+
+    def __call__(
+        self,
+        stage: str,
+        key: str | tuple[str, ...],
+        name: str,
+        weights: Path | None = None,
+        n: int | None = None,
+        calculator: bool | None = None,
+    ) -> dict:
+        """Accuracy of ``weights`` (None: the weights the student holds) on the first ``n``
+        questions (None: all) of every set, as model ``name``, unless ``stage`` is done;
+        metrics.json's ``key`` gets the result, which is returned."""
+        rd = self.rd
+        if rd.done(stage):
+            return rd.get(key)
+        with rd.stage(stage):
+            if weights is not None:
+                self.student.load_weights(weights)
+            result = {}
+            for s in self.evals:
+                result[s.label] = evaluate(
+                    self.student,
+                    s.task,
+                    s.examples[:n] if n else s.examples,
+                    max_new_tokens=self.cfg.max_new_tokens,
+                    batch_size=self.cfg.batch_size,
+                    out=rd / "eval" / name / f"{s.label}.jsonl",
+                    label=f"eval {name} {s.label}",
+                    calculator=self.calculator if calculator is None else calculator,
+                    engine=self.engine,
+                )
+                if rd.runtime.is_main:
+                    log.info("%s %s: %s", name, s.label, result[s.label])
+            rd.put(key, result)
+        return result
+
+    def calculator_effect(self, name: str, weights: Path, n: int | None) -> None:
+        """``weights`` decoded with the calculator switched the other way, beside what the
+        recipe's own setting gave on the same questions (metrics.json's ``calculator``)."""
+        other = not self.calculator
+        suffix = "with_calculator" if other else "no_calculator"
+        key = ("calculator_evals", name)
+        result = self(f"calculator.{name}", key, f"{name}.{suffix}", weights, n, other)
+        table = {}
+        for s in self.evals:
+            rows = {r["id"]: r for r in read_jsonl(self.rd / "eval" / name / f"{s.label}.jsonl")}
+            ids = [e.id for e in (s.examples[:n] if n else s.examples)]
+            same = sum(rows[i]["correct"] for i in ids if i in rows) / max(1, len(ids))
+            on, off = (result[s.label]["accuracy"], round(same, 4))
+            if self.calculator:
+                on, off = off, on
+            table[s.label] = {"with": on, "without": off, "n": len(ids)}
+        self.rd.put(("calculator", name), table)
 
 
 def compare_stage(rd: RunDir, final: str, splits: Sequence[str]) -> None:
@@ -74,45 +101,3 @@ def compare_stage(rd: RunDir, final: str, splits: Sequence[str]) -> None:
             for split in splits
         }
     rd.set_metric("compare", out)
-
-
-def calculator_stage(
-    rd: RunDir,
-    name: str,
-    student: Student,
-    engine: Engine,
-    evals: Sequence[EvalSet],
-    cfg: EvalConfig,
-    *,
-    calculator: bool,
-    weights: Path,
-    n: int | None,
-) -> None:
-    """``weights`` decoded with the calculator switched the other way from the recipe's
-    ``calculator``, beside what the recipe's own setting gave on the same questions
-    (metrics.json's ``calculator``)."""
-    other = not calculator
-    suffix = "with_calculator" if other else "no_calculator"
-    result = evaluate_stage(
-        rd,
-        f"calculator.{name}",
-        ("calculator_evals", name),
-        f"{name}.{suffix}",
-        student,
-        engine,
-        evals,
-        cfg,
-        calculator=other,
-        weights=weights,
-        n=n,
-    )
-    table = {}
-    for s in evals:
-        rows = {r["id"]: r for r in read_jsonl(rd / "eval" / name / f"{s.label}.jsonl")}
-        ids = [e.id for e in (s.examples[:n] if n else s.examples)]
-        same = sum(rows[i]["correct"] for i in ids if i in rows) / max(1, len(ids))
-        on, off = (result[s.label]["accuracy"], round(same, 4))
-        if calculator:
-            on, off = off, on
-        table[s.label] = {"with": on, "without": off, "n": len(ids)}
-    rd.put(("calculator", name), table)

@@ -29,65 +29,74 @@ class Style:
     prompt_ids: Callable[[Example], list[int]]
 
 
-def sample(
-    rd: RunDir,
-    stage: str,
-    student: Student,
-    engine: Engine,
-    task: Task,
-    questions: Sequence[Example],
-    styles: Sequence[Style],
-    path: Path,
-    *,
-    weights: Path,
-    key: str | tuple[str, ...],
-    label: str,
-) -> None:
-    """Sample ``path`` from ``weights`` unless ``stage`` is done: per style, ``params.k``
-    judged paths for each question that lacks them; the first style's statistics go to
-    metrics.json at ``key``. Several processes each sample every ``world``-th question left;
-    rank 0 writes every record."""
-    if rd.done(stage):
-        return
-    with rd.stage(stage):
-        student.load_weights(weights)
-        runtime = rd.runtime
-        want = {s.name: s.params.k for s in styles}
-        rows = read_jsonl(path)
-        count = Counter((r.get("style"), r["id"]) for r in rows)
-        complete = [r for r in rows if count[r.get("style"), r["id"]] == want[r.get("style")]]
-        if len(complete) < len(rows) and runtime.is_main:  # killed mid-batch: redo those whole
-            write_jsonl_atomic(path, complete)
-        by_id = {e.id: e for e in questions}
-        for style in styles:
-            have = {r["id"] for r in complete if r.get("style") == style.name}
-            todo = [e for e in questions if e.id not in have]
-            if not todo:
-                continue
-            tag = {} if style.name is None else {"style": style.name}
+@dataclass
+class Sampler:
+    """How a run samples: its student, decoding engine and the task that judges each path."""
 
-            def judged(batch, tag=tag):
-                return [
-                    {
-                        "id": qid,
-                        **tag,
-                        "text": text,
-                        "correct": task.is_correct(text, by_id[qid]),
-                        "tokens": n,
-                    }
-                    for qid, texts, lengths in batch
-                    for text, n in zip(texts, lengths, strict=True)
-                ]
+    rd: RunDir
+    student: Student
+    engine: Engine
+    task: Task
 
-            items = [(e.id, style.prompt_ids(e)) for e in runtime.shard(todo)]
-            mine = (judged(b) for b in generate(student, items, style.params, engine))
-            total = len(todo) * style.params.k
-            name = f"{label} {style.name or 'sample'} k={style.params.k}"
-            for _ in runtime.collect(mine, path, name, total):
-                pass
-        first = styles[0]
-        rows = [r for r in read_jsonl(path) if r.get("style") == first.name]
-        rd.put(key, sample_stats(rows, first.params.k))
+    def __call__(
+        self,
+        stage: str,
+        questions: Sequence[Example],
+        styles: Sequence[Style],
+        path: Path,
+        *,
+        weights: Path,
+        key: str | tuple[str, ...],
+        label: str,
+    ) -> None:
+        """Sample ``path`` from ``weights`` unless ``stage`` is done: per style, ``params.k``
+        judged paths for each question that lacks them; the first style's statistics go to
+        metrics.json at ``key``. Several processes each sample every ``world``-th question
+        left; rank 0 writes every record."""
+        rd = self.rd
+        if rd.done(stage):
+            return
+        with rd.stage(stage):
+            self.student.load_weights(weights)
+            want = {s.name: s.params.k for s in styles}
+            rows = read_jsonl(path)
+            count = Counter((r.get("style"), r["id"]) for r in rows)
+            done = [r for r in rows if count[r.get("style"), r["id"]] == want[r.get("style")]]
+            if len(done) < len(rows) and rd.runtime.is_main:  # killed mid-batch: redo those
+                write_jsonl_atomic(path, done)
+            for style in styles:
+                have = {r["id"] for r in done if r.get("style") == style.name}
+                todo = [e for e in questions if e.id not in have]
+                if todo:
+                    self._sample(todo, style, path, label)
+            first = styles[0]
+            rows = [r for r in read_jsonl(path) if r.get("style") == first.name]
+            rd.put(key, sample_stats(rows, first.params.k))
+
+    def _sample(self, todo: list[Example], style: Style, path: Path, label: str) -> None:
+        """Sample and judge ``todo``'s paths of one style, appending them to ``path``."""
+        runtime, by_id = self.rd.runtime, {e.id: e for e in todo}
+        tag = {} if style.name is None else {"style": style.name}
+
+        def judged(batch) -> list[dict]:
+            return [
+                {
+                    "id": qid,
+                    **tag,
+                    "text": text,
+                    "correct": self.task.is_correct(text, by_id[qid]),
+                    "tokens": n,
+                }
+                for qid, texts, lengths in batch
+                for text, n in zip(texts, lengths, strict=True)
+            ]
+
+        items = [(e.id, style.prompt_ids(e)) for e in runtime.shard(todo)]
+        mine = (judged(b) for b in generate(self.student, items, style.params, self.engine))
+        total = len(todo) * style.params.k
+        name = f"{label} {style.name or 'sample'} k={style.params.k}"
+        for _ in runtime.collect(mine, path, name, total):
+            pass
 
 
 def sampling_params(cfg: SamplingConfig, *, k: int, seed: int, calculator: bool) -> SamplingParams:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from selftrain import progress
 from selftrain.config import DPOConfig
 from selftrain.models import Student
-from selftrain.training.loop import batches, can_pack_pairs, pair_logps, scorer_of
+from selftrain.training.loop import batch_plan, can_pack_pairs, pair_logps, scorer_of
 from selftrain.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -122,12 +122,8 @@ def train_dpo(
         return loss, stats
 
     result = DPOResult(steps=0)
-    plan: list[list[int]] = []
     with progress.bar(label, total, enabled=student.runtime.is_main) as bar:
-        while result.steps < total:
-            if not plan:
-                plan = batches(len(pairs), cfg.batch_size, rng, lengths)
-            idx = plan.pop(0)
+        for idx in batch_plan(len(pairs), cfg.batch_size, rng, lengths, total):
             sums = trainer.step(idx, loss_of, norm=len(idx))
             result.steps += 1
             entry = _entry(result.steps, sums, len(idx), cfg.beta)

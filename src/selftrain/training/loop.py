@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -181,6 +181,17 @@ def pair_logps(
 def module_device(module: nn.Module) -> torch.device:
     param = next(module.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
+
+
+def batch_plan(
+    n: int, batch_size: int, rng: random.Random, lengths: Sequence[int], total: int
+) -> Iterator[list[int]]:
+    """``total`` optimizer steps' batches of indexes: epoch after epoch of :func:`batches`."""
+    plan: list[list[int]] = []
+    for _ in range(total):
+        if not plan:
+            plan = batches(n, batch_size, rng, lengths)
+        yield plan.pop(0)
 
 
 def batches(n: int, batch_size: int, rng: random.Random, lengths: Sequence[int]) -> list[list[int]]:

@@ -13,7 +13,7 @@ import torch
 from selftrain import progress
 from selftrain.config import OptimizerConfig
 from selftrain.models import Student
-from selftrain.training.loop import batches, collate, scorer_of, token_logps
+from selftrain.training.loop import batch_plan, collate, scorer_of, token_logps
 from selftrain.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -64,12 +64,8 @@ def train_sft(
 
     result = SFTResult(steps=0, best_step=0)
     best = _Best(student, patience, label)
-    plan: list[list[int]] = []
     with progress.bar(label, total, enabled=student.runtime.is_main) as bar:
-        while result.steps < total:
-            if not plan:
-                plan = batches(len(data), cfg.batch_size, rng, lengths)
-            idx = plan.pop(0)
+        for idx in batch_plan(len(data), cfg.batch_size, rng, lengths, total):
             tokens = sum(len(data[i][1]) for i in idx)
             loss = trainer.step(idx, loss_of, norm=tokens)["nll"] / tokens
             result.steps += 1
