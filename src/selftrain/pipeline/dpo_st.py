@@ -160,10 +160,8 @@ def _round(run: _Run, arm: str, r: int, sft_model: Path) -> Path:
         run.sample(f"{prefix}.dpo_samples", run.train, [style], path, weights=sft_model,
                    key=(*mkey, "dpo_samples"), label=prefix)  # fmt: skip
         pairs = dpo_st_pairs_stage(
-            rd, f"{prefix}.pairs", (*mkey, "pairs"),
-            [_round_dir(rd, arm, i) / "dpo_samples.jsonl" for i in range(1, r + 1)], run.gold,
-            m=cfg.pairs_per_question, threshold=cfg.similarity_threshold, tokens=run.tokens,
-            seed=seed + r, n_questions=len(run.train), path=folder / "pairs.jsonl",
+            rd, f"{prefix}.pairs", (*mkey, "pairs"), folder / "pairs.jsonl",
+            _rounds(rd, arm, r, "dpo_samples.jsonl"), run.gold, cfg, run.tokens, seed + r,
         )  # fmt: skip
         dpo_model = folder / "dpo" / "model"
         steps = dpo_stage(
@@ -179,10 +177,8 @@ def _round(run: _Run, arm: str, r: int, sft_model: Path) -> Path:
     run.sample(f"{prefix}.sft_samples", run.train, [style], folder / "sft_samples.jsonl",
                weights=sampler, key=(*mkey, "sft_samples"), label=prefix)  # fmt: skip
     data = dpo_st_sft_data_stage(
-        rd, f"{prefix}.sft_data", (*mkey, "pseudo_labels"),
-        [_round_dir(rd, arm, i) / "sft_samples.jsonl" for i in range(1, r + 1)], run.gold,
-        threshold=cfg.similarity_threshold, tokens=run.tokens, cap=cfg.pseudo_label_cap,
-        percentile=cfg.cap_percentile, n_questions=len(run.train), path=folder / "sft_data.jsonl",
+        rd, f"{prefix}.sft_data", (*mkey, "pseudo_labels"), folder / "sft_data.jsonl",
+        _rounds(rd, arm, r, "sft_samples.jsonl"), run.gold, cfg, run.tokens,
     )  # fmt: skip
     new_sft = folder / "sft" / "model"
     previous = cfg.sft_init == "previous"
@@ -211,6 +207,11 @@ def _max_steps(cfg: DPOSTConfig, n: int, epochs: int) -> int | None:
 
 def _round_dir(rd: RunDir, arm: str, r: int) -> Path:
     return rd / arm / f"r{r}"
+
+
+def _rounds(rd: RunDir, arm: str, r: int, name: str) -> list[Path]:
+    """The file ``name`` of rounds 1 to ``r``."""
+    return [_round_dir(rd, arm, i) / name for i in range(1, r + 1)]
 
 
 def _seed(seed: int, arm: str, r: int, which: int) -> int:

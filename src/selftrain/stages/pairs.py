@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from selftrain.config import PairsConfig
+from selftrain.config import DPOSTConfig, PairsConfig
 from selftrain.io import read_jsonl, write_jsonl_atomic
 from selftrain.rundir import RunDir
 
@@ -63,41 +63,38 @@ def srit_pairs_stage(
 
 
 def dpo_st_pairs_stage(
-    rd: RunDir,
-    stage: str,
-    key: tuple[str, ...],
-    samples: Sequence[Path],
-    gold: Mapping[str, str],
-    *,
-    m: int,
-    threshold: float,
-    tokens: Tokens,
-    seed: int,
-    n_questions: int,
-    path: Path,
-) -> list[dict]:
-    """DPO-ST's pairs from the judged samples of this round and every earlier one
-    (``samples``), written to ``path`` (metrics at ``key``)."""
+    rd: RunDir, stage: str, key: tuple[str, ...], path: Path, samples: Sequence[Path],
+    gold: Mapping[str, str], cfg: DPOSTConfig, tokens: Tokens, seed: int,
+) -> list[dict]:  # fmt: skip
+    """DPO-ST's pairs from the judged samples of this round and every earlier one (the files
+    ``samples``), written to ``path`` (metrics at ``key``)."""
     if not rd.done(stage):
         with rd.stage(stage):
             if rd.runtime.is_main:
-                pools: dict[str, list[dict]] = {}
-                for file in samples:
-                    for row in read_jsonl(file):
-                        pools.setdefault(row["id"], []).append(row)
+                paths = read_pools(samples)
+                m, threshold = cfg.pairs_per_question, cfg.similarity_threshold
                 pairs = dpo_st_pairs(
-                    pools, gold, m=m, threshold=threshold, tokens=tokens, seed=seed
+                    paths, gold, m=m, threshold=threshold, tokens=tokens, seed=seed
                 )
                 write_jsonl_atomic(path, pairs)
                 questions = len({p["id"] for p in pairs})
                 stats = {
                     "pairs": len(pairs),
                     "questions": questions,
-                    "questions_skipped": n_questions - questions,
+                    "questions_skipped": len(paths) - questions,
                     "chosen_gold": sum(p["chosen_from"] == "gold" for p in pairs),
                 }
                 rd.put(key, stats)
     return read_jsonl(path)
+
+
+def read_pools(files: Sequence[Path]) -> dict[str, list[dict]]:
+    """Question id -> its judged paths from every one of ``files``, in the order written."""
+    pools: dict[str, list[dict]] = {}
+    for file in files:
+        for row in read_jsonl(file):
+            pools.setdefault(row["id"], []).append(row)
+    return pools
 
 
 def correct_vs_wrong(

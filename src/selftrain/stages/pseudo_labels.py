@@ -11,10 +11,10 @@ import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from selftrain.config import RFTConfig
+from selftrain.config import DPOSTConfig, RFTConfig
 from selftrain.io import read_jsonl, write_jsonl_atomic
 from selftrain.rundir import RunDir
-from selftrain.stages.pairs import Tokens, dedup_similar, unique, word_tokens
+from selftrain.stages.pairs import Tokens, dedup_similar, read_pools, unique, word_tokens
 
 
 def rft_stage(
@@ -36,44 +36,29 @@ def rft_stage(
 
 
 def dpo_st_sft_data_stage(
-    rd: RunDir,
-    stage: str,
-    key: tuple[str, ...],
-    samples: Sequence[Path],
-    gold: Mapping[str, str],
-    *,
-    threshold: float,
-    tokens: Tokens,
-    cap: int | None,
-    percentile: float,
-    n_questions: int,
-    path: Path,
-) -> list[dict]:
+    rd: RunDir, stage: str, key: tuple[str, ...], path: Path, samples: Sequence[Path],
+    gold: Mapping[str, str], cfg: DPOSTConfig, tokens: Tokens,
+) -> list[dict]:  # fmt: skip
     """Gold rationales plus the correct, deduplicated self-samples of this round and every
-    earlier one (``samples``), written to ``path`` (metrics at ``key``)."""
+    earlier one (the files ``samples``), written to ``path`` (metrics at ``key``)."""
     if not rd.done(stage):
         with rd.stage(stage):
             if rd.runtime.is_main:
-                correct: dict[str, list[str]] = {}
-                for file in samples:
-                    for row in read_jsonl(file):
-                        if row["correct"]:
-                            correct.setdefault(row["id"], []).append(row["text"])
-                pools, used = pseudo_label_pools(
-                    correct,
-                    gold,
-                    threshold=threshold,
-                    tokens=tokens,
-                    cap=cap,
-                    percentile=percentile,
-                )
+                pools = read_pools(samples)
+                correct = {
+                    q: [r["text"] for r in rows if r["correct"]] for q, rows in pools.items()
+                }
+                kept, cap = pseudo_label_pools(
+                    correct, gold, threshold=cfg.similarity_threshold, tokens=tokens,
+                    cap=cfg.pseudo_label_cap, percentile=cfg.cap_percentile,
+                )  # fmt: skip
                 rows = [
                     {"id": q, "text": t, "gold": t == gold.get(q)}
-                    for q, ts in pools.items()
+                    for q, ts in kept.items()
                     for t in ts
                 ]
                 write_jsonl_atomic(path, rows)
-                rd.put(key, _pseudo_label_stats(rows, gold, n_questions, used))
+                rd.put(key, _pseudo_label_stats(rows, gold, len(pools), cap))
     return read_jsonl(path)
 
 
