@@ -7,22 +7,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter, model_validator
 
-from selftrain.config.sections import (
-    DPOConfig,
-    EvalConfig,
-    OptimizerConfig,
-    PairsConfig,
-    RFTConfig,
-    SamplingConfig,
-    SFTConfig,
-    StudentConfig,
-    TaskConfig,
-    TeacherConfig,
-    _Strict,
-)
+from selftrain.config import sections as s
 
 
-class SRITSamplingConfig(SamplingConfig):
+class SRITSamplingConfig(s.SamplingConfig):
     """SRIT's stage 2: which training questions the student answers itself, and how."""
 
     n_questions: int = Field(300, gt=0)  # training questions the student answers itself
@@ -31,7 +19,7 @@ class SRITSamplingConfig(SamplingConfig):
     offset: int = Field(0, ge=0)
 
 
-class DPOSTSamplingConfig(SamplingConfig):
+class DPOSTSamplingConfig(s.SamplingConfig):
     """DPO-ST's DPO step: the round's SFT model samples k rationales per question (the
     paper's values); ``dpo_st.sft_k`` paths are sampled for the SFT step."""
 
@@ -40,7 +28,7 @@ class DPOSTSamplingConfig(SamplingConfig):
     max_new_tokens: int = Field(300, gt=0)
 
 
-class DPOSTSFTConfig(OptimizerConfig):
+class DPOSTSFTConfig(s.OptimizerConfig):
     """SFT in DPO-ST: the warm-up on gold rationales and every round's SFT step (fixed epochs,
     no early stopping). Defaults: the paper's Flan-T5 values."""
 
@@ -51,7 +39,7 @@ class DPOSTSFTConfig(OptimizerConfig):
     weight_decay: float = Field(0.01, ge=0)
 
 
-class DPOSTDPOConfig(DPOConfig):
+class DPOSTDPOConfig(s.DPOConfig):
     """The DPO step of DPO-ST (reference: the round's SFT model). Defaults: the paper's Flan-T5
     values (sigmoid loss, beta 0.1, batch 96, 150 steps, lr 7e-7, no NLL term)."""
 
@@ -61,7 +49,7 @@ class DPOSTDPOConfig(DPOConfig):
     weight_decay: float = Field(0.01, ge=0)
 
 
-class EvalTaskConfig(_Strict):
+class EvalTaskConfig(s.Strict):
     """Another task's split evaluated after every round (e.g. out-of-domain benchmarks)."""
 
     name: str  # registry name: multiarith, asdiv, svamp, ...
@@ -73,7 +61,7 @@ class EvalTaskConfig(_Strict):
     n: int | None = Field(None, gt=0)  # first n questions; None: all
 
 
-class DPOSTConfig(_Strict):
+class DPOSTConfig(s.Strict):
     """DPO-augmented self-training (Wang, Li & Lu, ACL 2024); defaults are the paper's."""
 
     rounds: int = Field(3, gt=0)
@@ -112,7 +100,7 @@ class DPOSTConfig(_Strict):
         return self
 
 
-class _Common(_Strict):
+class _Common(s.Strict):
     """The sections every method reads."""
 
     name: str = "srit-arithmetic"
@@ -120,21 +108,21 @@ class _Common(_Strict):
     threads: int | None = None  # torch threads; None: torch's default
     # fill in ``<<expr=`` annotations with a safe calculator while decoding (sampling and eval)
     calculator: bool = True
-    student: StudentConfig = StudentConfig()
-    task: TaskConfig = TaskConfig()
-    eval: EvalConfig = EvalConfig()
+    student: s.StudentConfig = s.StudentConfig()
+    task: s.TaskConfig = s.TaskConfig()
+    eval: s.EvalConfig = s.EvalConfig()
 
 
 class SRITRecipe(_Common):
     """Self-refine instruction-tuning (pipeline/srit.py)."""
 
     method: Literal["srit"] = "srit"
-    teacher: TeacherConfig = TeacherConfig()
-    sft: SFTConfig = SFTConfig()
+    teacher: s.TeacherConfig = s.TeacherConfig()
+    sft: s.SFTConfig = s.SFTConfig()
     sampling: SRITSamplingConfig = SRITSamplingConfig()
-    pairs: PairsConfig = PairsConfig()
-    rft: RFTConfig = RFTConfig()
-    dpo: DPOConfig = DPOConfig()
+    pairs: s.PairsConfig = s.PairsConfig()
+    rft: s.RFTConfig = s.RFTConfig()
+    dpo: s.DPOConfig = s.DPOConfig()
     # the control: SFT on the demonstrations trained on for as many steps as RFT and DPO took
     sft_more: bool = True
 

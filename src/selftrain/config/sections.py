@@ -11,11 +11,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class LoraConfig(_Strict):
+class LoraConfig(Strict):
     enabled: bool = True
     r: int = Field(16, gt=0)
     alpha: int = Field(32, gt=0)
@@ -26,7 +26,7 @@ class LoraConfig(_Strict):
     top_layers: int | None = Field(None, gt=0)
 
 
-class StudentConfig(_Strict):
+class StudentConfig(Strict):
     # "smollm2-135m-instruct" (the embedded GGUF default), a hub id, a local folder,
     # a .gguf file, or "tiny-llama" / "tiny-qwen2" (random models from a small config).
     model: str = "smollm2-135m-instruct"
@@ -65,12 +65,12 @@ class StudentConfig(_Strict):
         return self
 
 
-class TaskConfig(_Strict):
+class TaskConfig(Strict):
     name: str = "arithmetic"
     args: dict[str, Any] = {}
 
 
-class TeacherConfig(_Strict):
+class TeacherConfig(Strict):
     """Who writes the demonstrations (selftrain.teachers). ``solver``: the generated task's own
     solver; ``gold``: the dataset's gold rationales; ``api``: any OpenAI-compatible
     chat-completions server (OpenAI, vLLM, llama.cpp, Ollama); ``hf``: a local transformers
@@ -114,7 +114,7 @@ _MICRO = (
 )
 
 
-class OptimizerConfig(_Strict):
+class OptimizerConfig(Strict):
     """What every trainer's optimizer reads: AdamW, lr warm-up then cosine decay, clipping."""
 
     lr: float = Field(3e-4, gt=0)
@@ -135,7 +135,7 @@ class SFTConfig(OptimizerConfig):
     max_new_tokens: int = Field(96, gt=0)
 
 
-class VLLMConfig(_Strict):
+class VLLMConfig(Strict):
     """vLLM's engine (``sampling.engine: vllm``): one per process, kept for the whole run."""
 
     tensor_parallel_size: int = Field(1, gt=0)  # GPUs per engine (one process only)
@@ -149,7 +149,7 @@ class VLLMConfig(_Strict):
     )  # prompts per generate call; records written after each
 
 
-class SamplingConfig(_Strict):
+class SamplingConfig(Strict):
     """How the student samples its own reasoning paths; read by every method."""
 
     k: int = Field(4, gt=0)  # reasoning paths per question
@@ -164,7 +164,7 @@ class SamplingConfig(_Strict):
     vllm: VLLMConfig = VLLMConfig()
 
 
-class PairsConfig(_Strict):
+class PairsConfig(Strict):
     # correct_vs_wrong: chosen = a correct sampled path (fallback: the teacher's demo),
     # rejected = a wrong one. cot_vs_direct: SRIT's chosen = CoT path, rejected = direct answer.
     policy: Literal["correct_vs_wrong", "cot_vs_direct"] = "correct_vs_wrong"
@@ -204,7 +204,7 @@ class DPOConfig(OptimizerConfig):
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
 
 
-class EvalConfig(_Strict):
+class EvalConfig(Strict):
     splits: list[str] = ["in_domain", "out_of_domain", "longer"]
     n: int = Field(200, gt=0)  # questions per split
     n_per_split: dict[str, int] = {}  # overrides n for a split
