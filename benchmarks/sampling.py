@@ -68,7 +68,8 @@ def run_generate(student, prompts, args, calculator: bool, greedy: bool = False)
     """The peer: ``model.generate`` per batch; returns generated tokens (EOS included)."""
     from transformers import GenerationConfig, LogitsProcessorList
 
-    from selftrain.sampling import _left_pad, calculator_hook
+    from selftrain.sampling import CalculatorHook
+    from selftrain.sampling.forward import _left_pad
 
     model = student.model
     per_batch = max(1, args.batch_size // args.k)
@@ -82,16 +83,15 @@ def run_generate(student, prompts, args, calculator: bool, greedy: bool = False)
         eos_token_id=student.eos_id,
         pad_token_id=student.pad_id,
     )
+    hook = CalculatorHook(student.tokenizer) if calculator else None
     tokens = 0
     torch.manual_seed(args.seed)
     texts = []
     for start in range(0, len(prompts), per_batch):
         ids, mask = _left_pad(prompts[start : start + per_batch], student.pad_id, student.device)
         procs = LogitsProcessorList()
-        if calculator:
-            procs.append(
-                CalculatorForcing(calculator_hook(student.tokenizer), ids.shape[1], student.eos_id)
-            )
+        if hook is not None:
+            procs.append(CalculatorForcing(hook, ids.shape[1], student.eos_id))
         with torch.no_grad():
             out = model.generate(
                 input_ids=ids, attention_mask=mask, generation_config=cfg, logits_processor=procs

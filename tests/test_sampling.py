@@ -1,7 +1,15 @@
 import torch
 from transformers import GenerationConfig
 
-from selftrain.sampling import SamplingParams, _left_pad, decode, generate
+from selftrain.sampling import CalculatorHook, SamplingParams, generate
+from selftrain.sampling.decoder import decode_stream
+from selftrain.sampling.forward import _left_pad
+
+
+def _decode(model, prompts, params, eos_id, **kwargs) -> list[list[int]]:
+    """:func:`decode_stream`'s outputs prompt-major: ``k`` continuations of each prompt."""
+    done = dict(decode_stream(model, prompts, params, eos_id, **kwargs))
+    return [seq for i in range(len(prompts)) for seq in done[i]]
 
 
 def _prompts(s, n=6):
@@ -62,17 +70,16 @@ class CountingLM(torch.nn.Module):
         return type("Out", (), {"logits": logits})()
 
 
-def test_decode_drops_finished_rows_and_keeps_each_rows_tokens():
+def test_decode_stream_drops_finished_rows_and_keeps_each_rows_tokens():
     lm = CountingLM()
     starts = [3, 10, 7, 5, 11, 4, 9, 8]
-    ids = torch.tensor([[1, s] for s in starts])
-    mask = torch.ones_like(ids)
-    out = decode(lm, ids, mask, SamplingParams(max_new_tokens=20), eos_id=2)
+    prompts = [[1, s] for s in starts]
+    out = _decode(lm, prompts, SamplingParams(max_new_tokens=20), eos_id=2)
     assert out == [list(range(s + 1, 12)) for s in starts]
-    capped = decode(lm, ids, mask, SamplingParams(max_new_tokens=3), eos_id=2)
+    capped = _decode(lm, prompts, SamplingParams(max_new_tokens=3), eos_id=2)
     assert capped == [list(range(s + 1, min(12, s + 4))) for s in starts]
-    assert decode(lm, ids, mask, SamplingParams(max_new_tokens=0), eos_id=2) == [[]] * 8
-    k2 = decode(lm, ids[:2], mask[:2], SamplingParams(k=2, max_new_tokens=20), eos_id=2)
+    assert _decode(lm, prompts, SamplingParams(max_new_tokens=0), eos_id=2) == [[]] * 8
+    k2 = _decode(lm, prompts[:2], SamplingParams(k=2, max_new_tokens=20), eos_id=2)
     assert k2 == [list(range(4, 12))] * 2 + [[11]] * 2
 
 
@@ -93,21 +100,17 @@ class ScriptedLM(torch.nn.Module):
 
 
 def test_calculator_forces_the_result_of_an_open_annotation(tokenizer):
-    from selftrain.sampling import calculator_hook
-
     text = "So 12*3=<<12*3=99>>99 and <<5/0=7>>7 then <<2+2=5>>5\n#### 99"
     script = tokenizer.encode(text, add_special_tokens=False)
     eos = tokenizer.eos_token_id
-    ids = torch.tensor([[1, 5], [1, 6]])
-    mask = torch.ones_like(ids)
 
     def run(hook):
         lm = ScriptedLM(script, len(tokenizer), eos)
         params = SamplingParams(k=2, max_new_tokens=len(script) + 2)
-        return [tokenizer.decode(r) for r in decode(lm, ids, mask, params, eos, hook=hook)]
+        return [tokenizer.decode(r) for r in _decode(lm, [[1, 5], [1, 6]], params, eos, hook=hook)]
 
     assert run(None) == [text] * 4
     # 12*3 is filled in (forced tokens replace the model's), 5/0 is left alone, and the
     # forced '4>>' (2 tokens) replaces the model's '5>>' without shifting what follows.
     fixed = "So 12*3=<<12*3=36>>99 and <<5/0=7>>7 then <<2+2=4>>5\n#### 99"
-    assert run(calculator_hook(tokenizer)) == [fixed] * 4
+    assert run(CalculatorHook(tokenizer)) == [fixed] * 4

@@ -8,17 +8,11 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from selftrain.sampling import (
-    SamplingParams,
-    _draw,
-    _left_pad,
-    _pick,
-    decode,
-    generate,
-    make_engine,
-    preallocated_layer_class,
-)
-from selftrain.sampling.draws import path_keys, stable_key, uniforms
+from selftrain.sampling import SamplingParams, generate, make_engine
+from selftrain.sampling.decoder import decode_stream
+from selftrain.sampling.draws import _draw, _pick, path_keys, stable_key, uniforms
+from selftrain.sampling.forward import _left_pad
+from selftrain.sampling.kv_cache import PreallocatedLayer
 from selftrain.training.dpo import preference_loss, reference_logps
 from selftrain.training.loop import (
     can_pack_pairs,
@@ -30,6 +24,12 @@ from selftrain.training.loop import (
 )
 
 QUESTIONS = ["What is 2+3?", "Tom has 5 apples.", "x", "A much longer question about marbles?"]
+
+
+def _decode(model, prompts, params, eos_id) -> list[list[int]]:
+    """:func:`decode_stream`'s outputs prompt-major: ``k`` continuations of each prompt."""
+    done = dict(decode_stream(model, prompts, params, eos_id))
+    return [seq for i in range(len(prompts)) for seq in done[i]]
 
 
 def _hf_greedy(model, ids, mask, max_new, eos, pad) -> list[list[int]]:
@@ -52,17 +52,17 @@ def test_greedy_equals_generate_while_rows_finish_and_are_dropped(
     preallocated cache) is compacted several times; every row still equals generate's. With
     3 rows for 8 prompts, prompts are taken in as rows free up (their prefill written into
     the running cache) and columns no row needs any more are dropped."""
-    from selftrain.sampling import decoder as sampling
+    from selftrain.sampling import decoder
 
     calls = {"place": 0, "drop": 0}
     for name, key in (("_place_rows", "place"), ("_drop_columns", "drop")):
-        real = getattr(sampling, name)
+        real = getattr(decoder, name)
 
         def spy(*args, real=real, key=key):
             calls[key] += 1
             return real(*args)
 
-        monkeypatch.setattr(sampling, name, spy)
+        monkeypatch.setattr(decoder, name, spy)
     s = make_student()
     torch.manual_seed(0)
     with torch.no_grad():  # a livelier random model: the tiny one writes newlines only
@@ -79,7 +79,7 @@ def test_greedy_equals_generate_while_rows_finish_and_are_dropped(
     want = _hf_greedy(s.model, ids, mask, 24, eos=eos, pad=s.pad_id)
     assert len({len(r) for r in want}) > 2  # rows really finish at different steps
     params = SamplingParams(max_new_tokens=24, batch_size=batch_size)
-    got = decode(s.model, ids, mask, params, eos_id=eos)
+    got = _decode(s.model, prompts, params, eos_id=eos)
     assert got == want
     if batch_size < len(prompts):
         assert calls["place"] > 0 and calls["drop"] > 0
@@ -99,9 +99,9 @@ def test_greedy_equals_generate_through_the_public_sampler(make_student):
 
 
 def test_sampling_engine_is_chosen_by_name(make_student, monkeypatch, tmp_path):
-    from selftrain import sampling
     from selftrain.config import VLLMConfig
     from selftrain.runtime import Runtime
+    from selftrain.sampling import engine
 
     s = make_student()
     cpu = Runtime.local("cpu")
@@ -109,7 +109,7 @@ def test_sampling_engine_is_chosen_by_name(make_student, monkeypatch, tmp_path):
         make_engine("fast", VLLMConfig(), cpu, tmp_path)
     assert make_engine("builtin", VLLMConfig(), cpu, tmp_path).name == "builtin"
     assert make_engine("auto", VLLMConfig(), cpu, tmp_path).name == "builtin"  # no GPU here
-    monkeypatch.setattr(sampling.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(engine.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ValueError, match=r"pip install 'selftrain\[vllm\]'"):
         make_engine("vllm", VLLMConfig(), cpu, tmp_path)  # a clear error, not a fallback
     items = [(0, s.prompt_ids("What is 2+3?"))]
@@ -117,7 +117,7 @@ def test_sampling_engine_is_chosen_by_name(make_student, monkeypatch, tmp_path):
 
 
 def _unshared_decode(model, prompts, params, eos) -> list[list[int]]:
-    """The reference for :func:`decode`: every sequence runs on its own through the model
+    """The reference for :func:`decode_stream`: every sequence runs on its own through the model
     (no cache, no sharing) and draws with :func:`_pick` at the same uniform numbers: those of
     (seed, prompt key, path, step)."""
     seqs = [list(p) for p in prompts for _ in range(params.k)]
@@ -165,8 +165,7 @@ def test_shared_prefix_decode_equals_one_row_per_sequence(make_student):
         with_kwargs=True,
     )
     try:
-        ids, mask = _left_pad(prompts, s.pad_id, "cpu")
-        got = decode(model, ids, mask, params, eos)
+        got = _decode(model, prompts, params, eos)
     finally:
         hook.remove()
     assert got == want
@@ -180,7 +179,7 @@ def test_shared_prefix_decode_equals_one_row_per_sequence(make_student):
 
 
 def test_preallocated_cache_layer_equals_concatenation():
-    layer = preallocated_layer_class()(width=5)  # too narrow on purpose: it must grow
+    layer = PreallocatedLayer(width=5)  # too narrow on purpose: it must grow
     chunks = [torch.randn(3, 2, n, 4) for n in (4, 1, 1, 3)]
     for i, c in enumerate(chunks):
         keys, values = layer.update(c, -c)

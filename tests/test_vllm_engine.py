@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from selftrain.config import VLLMConfig
+from selftrain.config import OptimizerConfig, VLLMConfig
 from selftrain.runtime import Runtime
 from selftrain.sampling import BUILTIN, SamplingParams, make_engine
 
@@ -96,7 +96,7 @@ def test_one_engine_follows_a_lora_student_through_training(vllm, make_student, 
     items, params = _items(s), SamplingParams(max_new_tokens=10)
     assert _texts(engine, s, items, params) == _texts(BUILTIN, s, items, params)
     data = [(p, s.completion_ids("#### 5")) for _, p in items]
-    train_sft(s, data, lr=5e-2, batch_size=4, max_steps=5)
+    train_sft(s, data, OptimizerConfig(lr=5e-2, batch_size=4), max_steps=5)
     after = _texts(engine, s, items, params)
     assert after == _texts(BUILTIN, s, items, params)
     s.save(tmp_path / "ckpt")  # a saved checkpoint is read where it is
@@ -118,9 +118,8 @@ def test_a_fully_fine_tuned_student_is_reloaded_after_sleep(vllm, make_student, 
     items, params = _items(s), SamplingParams(max_new_tokens=10)
     first = _texts(engine, s, items, params)
     assert first == _texts(BUILTIN, s, items, params)
-    train_sft(
-        s, [(p, s.completion_ids("#### 5")) for _, p in items], lr=1e-2, batch_size=4, max_steps=5
-    )
+    data = [(p, s.completion_ids("#### 5")) for _, p in items]
+    train_sft(s, data, OptimizerConfig(lr=1e-2, batch_size=4), max_steps=5)
     s.save(tmp_path / "ckpt")
     after = _texts(engine, s, items, params)
     assert after == _texts(BUILTIN, s, items, params) and after != first
@@ -151,12 +150,12 @@ def test_sampled_paths_depend_on_the_question_not_the_batch(vllm, make_student, 
 def test_the_calculator_resubmits_with_the_forced_result(vllm, tokenizer):
     """After a token that opens a result (``=``) the request stops; the calculator's result is
     appended and the sequence goes back with a smaller budget."""
-    from selftrain.sampling import calculator_hook
+    from selftrain.sampling import CalculatorHook
     from selftrain.sampling.vllm import _rounds
 
     text = "So 12*3=<<12*3=99>>99\n#### 99"
     script = tokenizer.encode(text, add_special_tokens=False)
-    hook = calculator_hook(tokenizer)
+    hook = CalculatorHook(tokenizer)
     eos = tokenizer.eos_token_id
 
     class Scripted:
@@ -242,8 +241,9 @@ def test_a_sampling_stage_on_vllm_killed_after_a_batch_resumes(
     most the call in flight and the rerun samples only the questions left, as they would
     have been sampled."""
     from selftrain.pipeline import srit
+    from selftrain.stages import sample
 
-    real = srit.generate
+    real = sample.generate
 
     def die_after_one(student, items, params, engine=None):
         it = real(student, items, params, engine)
@@ -251,12 +251,12 @@ def test_a_sampling_stage_on_vllm_killed_after_a_batch_resumes(
         raise KeyboardInterrupt
 
     recipe, run = _vllm_recipe(tiny_dir), tmp_path / "run"
-    monkeypatch.setattr(srit, "generate", die_after_one)
+    monkeypatch.setattr(sample, "generate", die_after_one)
     with pytest.raises(KeyboardInterrupt):
         srit.run(recipe, run)
     partial = [json.loads(x) for x in (run / "samples.jsonl").open()]
     assert len(partial) == 4  # 2 questions x k=2
-    monkeypatch.setattr(srit, "generate", real)
+    monkeypatch.setattr(sample, "generate", real)
     srit.run(recipe, run)
     samples = [json.loads(x) for x in (run / "samples.jsonl").open()]
     assert samples[:4] == partial and len(samples) == 12

@@ -1,45 +1,38 @@
 """The built-in decoder: k paths per prompt with shared prefixes, continuous batching and a
-preallocated KV cache (see :func:`decode_stream`)."""
+preallocated KV cache (see :func:`decode_stream`).
+
+Prompts are decoded in continuous batches (:func:`_decode_batch`). Each step of a batch takes in
+pending prompts (:func:`_admit`), draws the next token of every sequence (:func:`_draw_next`),
+gives every group of sequences that drew the same token a batch row (:func:`_regroup`) and runs
+the model on the rows' tokens (:func:`_step`)."""
 
 from __future__ import annotations
 
 import contextlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from selftrain.sampling.draws import _pick, path_keys, stable_key, uniforms
+from selftrain.sampling.forward import _last_logits, _left_pad, _model_device
 from selftrain.sampling.hooks import CalculatorHook, StopHook
 from selftrain.sampling.kv_cache import (
+    PreallocatedLayer,
     _copy_rows,
     _drop_columns,
     _place_rows,
     _preallocated_cache,
-    preallocated_layer_class,
 )
 
 if TYPE_CHECKING:
-    from selftrain.sampling import SamplingParams
+    from selftrain.sampling.engine import SamplingParams
 
-
-@torch.no_grad()
-def decode(
-    model: torch.nn.Module,
-    ids: torch.Tensor,
-    mask: torch.Tensor,
-    params: SamplingParams,
-    eos_id: int,
-    keys: Sequence[object] | None = None,
-    hook: CalculatorHook | None = None,
-    stop: StopHook | None = None,
-) -> list[list[int]]:
-    """:func:`decode_stream` on left-padded prompts; returns the outputs prompt-major: rows
-    ``i*k .. i*k+k-1`` are the k continuations of prompt ``i``."""
-    prompts = [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)]
-    done = dict(decode_stream(model, prompts, params, eos_id, 0, keys, hook, stop))
-    return [seq for i in range(len(prompts)) for seq in done[i]]
+Done = tuple[int, list[list[int]]]  # a prompt and its k continuations
+Groups = dict[tuple[int, int], list[int]]  # (batch row, next token) -> its sequences
+Moves = tuple[list[int], list[int]]  # (source rows, destination rows)
 
 
 @torch.no_grad()
@@ -53,7 +46,7 @@ def decode_stream(
     hook: CalculatorHook | None = None,
     stop: StopHook | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-) -> Iterator[tuple[int, list[list[int]]]]:
+) -> Iterator[Done]:
     """Decode ``params.k`` continuations of each prompt (token ids, taken in the order
     given); yield ``(i, the k continuations of prompt i)`` (EOS left out) as soon as all k
     have finished.
@@ -81,176 +74,281 @@ def decode_stream(
         yield from ((i, [[] for _ in range(params.k)]) for i in range(len(prompts)))
         return
     keys = range(len(prompts)) if keys is None else keys
-    paths = [path_keys(stable_key(key), params.k) for key in keys]  # per prompt, per path
+    paths = [path_keys(stable_key(key), params.k) for key in keys]
+    device = _model_device(model)
+    run = _Decode(model, prompts, params, eos_id, pad_id, paths, hook, stop, autocast, device)
     pending = deque(range(len(prompts)))
     while pending:
-        yield from _decode_batch(
-            model, prompts, pending, params, eos_id, pad_id, paths, hook, stop, autocast
-        )
+        yield from _decode_batch(run, pending)
 
 
-def _decode_batch(
-    model, prompts, pending: deque, params, eos_id, pad_id, paths, hook, stop, autocast
-):
+@dataclass(frozen=True)
+class _Decode:
+    """What stays the same through a decode."""
+
+    model: torch.nn.Module
+    prompts: Sequence[list[int]]
+    params: SamplingParams
+    eos_id: int
+    pad_id: int
+    paths: list[list[int]]  # per prompt, the keys of its k paths
+    hook: CalculatorHook | None
+    stop: StopHook | None
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    device: torch.device
+
+    @property
+    def budget(self) -> int:
+        """The number of batch rows the model runs on together."""
+        return max(self.params.batch_size, self.params.k)
+
+    def logits(
+        self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any
+    ) -> torch.Tensor:
+        with self.autocast():
+            return _last_logits(self.model, ids, mask, pos, cache)
+
+    def prefill(self, prompts: list[int], extra: int, rows: int) -> _Prefill:
+        """Run ``prompts`` (indices) left-padded through the model, in a cache of their own
+        with room for ``extra`` more columns and ``rows`` batch rows."""
+        ids, mask = _left_pad([self.prompts[p] for p in prompts], self.pad_id, self.device)
+        cache = _preallocated_cache(self.model, ids.shape[1] + extra, rows=rows)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        return _Prefill(mask, pos, cache, self.logits(ids, mask, pos, cache))
+
+
+@dataclass
+class _Prefill:
+    """Prompts run through the model together: left-padded, in a cache of their own."""
+
+    mask: torch.Tensor  # [prompts, width]
+    pos: torch.Tensor  # positions, [prompts, width]
+    cache: Any
+    logits: torch.Tensor  # next-token logits per prompt
+
+
+@dataclass
+class _Batch:
+    """A continuous batch in progress. Sequence ``s`` is path ``s % k`` of prompt ``s // k``."""
+
+    cache: Any
+    logits: torch.Tensor  # next-token logits per batch row, then per admitted prompt
+    masks: torch.Tensor  # per batch row: the attention mask (cache columns, the steps ahead)
+    last: torch.Tensor  # per batch row: the position of its last token, [rows, 1]
+    n_rows: int  # batch rows in use
+    n_cached: int  # cache columns filled
+    can_admit: bool  # whether prompts are taken in as rows free up (preallocated layers only)
+    row_of: dict[int, int] = field(default_factory=dict)  # live sequence -> its batch row
+    outputs: dict[int, list[int]] = field(default_factory=dict)  # sequence -> its tokens
+    unfinished: dict[int, int] = field(default_factory=dict)  # prompt -> its live sequences
+    forced: dict[int, deque[int]] = field(default_factory=dict)  # calculator tokens to feed
+    admitted: _Prefill | None = None  # prompts taken in this step, in rows n_rows..
+    steps: int = 0
+
+    def add(self, prompts: list[int], first_row: int, k: int) -> None:
+        """The k sequences of each of ``prompts`` (one row per prompt from ``first_row``)."""
+        for j, p in enumerate(prompts):
+            self.unfinished[p] = k
+            for i in range(k):
+                self.row_of[p * k + i] = first_row + j
+                self.outputs[p * k + i] = []
+
+    def end(self, s: int, k: int) -> Done | None:
+        """End sequence ``s``; its prompt and outputs once all k sequences have ended."""
+        del self.row_of[s]
+        self.forced.pop(s, None)
+        p = s // k
+        self.unfinished[p] -= 1
+        if self.unfinished[p]:
+            return None
+        del self.unfinished[p]
+        return p, [self.outputs.pop(p * k + j) for j in range(k)]
+
+
+def _decode_batch(run: _Decode, pending: deque[int]) -> Iterator[Done]:
     """One continuous batch of :func:`decode_stream`: starts with as many pending prompts as
     fit, takes in more as rows free up, and returns once no sequence is left to decode."""
-
-    def run(*args):
-        with autocast():
-            return _last_logits(model, *args)
-
-    k, budget = params.k, max(params.batch_size, params.k)
-    first = [pending.popleft() for _ in range(min(len(pending), max(1, budget // k)))]
-    device = _model_device(model)
-    ids, mask = _left_pad([prompts[p] for p in first], pad_id, device)
-    cache = _preallocated_cache(model, ids.shape[1] + params.max_new_tokens, rows=budget + k)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = run(ids, mask, pos, cache)
-    layer_class = preallocated_layer_class()
-    can_admit = all(isinstance(x, layer_class) for x in getattr(cache, "layers", []))
-    n_cached = ids.shape[1]
-    # per batch row: the attention mask (over cache columns and the steps ahead), position
-    masks = _fit(mask.new_ones((0, 0)), budget + k, n_cached + params.max_new_tokens, 1)
-    masks[: len(first), :n_cached] = mask
-    last = _fit(pos.new_zeros((0, 1)), budget + k, 1, 0)
-    last[: len(first)] = pos[:, -1:]
-    n_rows = len(first)
-    row_of: dict[int, int] = {}  # sequence (prompt * k + j) -> its batch row
-    for r, p in enumerate(first):
-        for j in range(k):
-            row_of[p * k + j] = r
-    live = sorted(row_of)
-    outputs: dict[int, list[int]] = {s: [] for s in live}
-    unfinished = {p: k for p in first}
-    forced: dict[int, deque[int]] = {}  # sequence -> calculator tokens still to feed
-    steps = 0
-    while live:
-        # Take in pending prompts while rows are free: prefilled apart, they sit in "virtual"
-        # rows n_rows.. until their first tokens are drawn, then get real rows below.
-        new: list[int] = []
-        in_use = len({row_of[s] for s in live})
-        while (
-            can_admit
-            and pending
-            and in_use + k * (len(new) + 1) <= budget
-            and len(live) + k * (len(new) + 1) <= 2 * budget
-            and len(prompts[pending[0]]) <= n_cached
-        ):
-            new.append(pending.popleft())
-        if new:
-            new_ids, new_mask = _left_pad([prompts[p] for p in new], pad_id, device)
-            new_cache = _preallocated_cache(model, new_ids.shape[1], rows=len(new))
-            new_pos = (new_mask.cumsum(-1) - 1).clamp(min=0)
-            logits = torch.cat([logits, run(new_ids, new_mask, new_pos, new_cache)])
-            for j, p in enumerate(new):
-                unfinished[p] = k
-                for i in range(k):
-                    row_of[p * k + i] = n_rows + j
-                    outputs[p * k + i] = []
-            live = sorted(row_of)
-        # Draw the next token of every live sequence.
-        u = None
-        if not params.greedy:
-            drawn = [len(outputs[s]) for s in live]  # a path's step counter: tokens so far
-            u = uniforms(params.seed, [paths[s // k][s % k] for s in live], drawn)
-        picks = _pick(logits, params, u, torch.tensor([row_of[s] for s in live])).tolist()
-        groups: dict[tuple[int, int], list[int]] = {}  # (row, token) -> its sequences
-        for s, t in zip(live, picks, strict=True):
-            if forced.get(s):
-                t = forced[s].popleft()
-            out = outputs[s]
-            if t != eos_id:
-                out.append(t)
-            ended = t == eos_id or len(out) >= params.max_new_tokens
-            ended = ended or (stop is not None and stop.done(out))
-            if ended:
-                del row_of[s]
-                forced.pop(s, None)
-                p = s // k
-                unfinished[p] -= 1
-                if not unfinished[p]:
-                    del unfinished[p]
-                    yield p, [outputs.pop(p * k + j) for j in range(k)]
-                continue
-            if hook is not None and not forced.get(s):
-                fill = hook.forced(out)
-                if fill:
-                    forced[s] = deque(fill)
-            groups.setdefault((row_of[s], t), []).append(s)
-        live = sorted(row_of)
-        if not live:
+    batch = _start(run, pending)
+    while True:
+        _admit(run, batch, pending)
+        groups, done = _draw_next(run, batch)
+        yield from done
+        if not batch.row_of:
             return
-        # Rows: the first group of a batch row keeps it; every other group (forks, and the
-        # groups of virtual rows) moves to a free row (one whose sequences have all
-        # finished), else to a new one past the end.
-        tokens: dict[int, int] = {}
-        moves: list[tuple[int, int, list[int]]] = []  # (source row, token, sequences)
-        for (r, t), seqs in groups.items():
-            if r < n_rows and r not in tokens:
-                tokens[r] = t
-            else:
-                moves.append((r, t, seqs))
-        free = [r for r in range(n_rows) if r not in tokens]
-        end = n_rows
-        forks, placed = ([], []), ([], [])  # (source rows, destination rows)
-        for r, t, seqs in moves:
-            dst = free.pop(0) if free else end
-            end = max(end, dst + 1)
-            tokens[dst] = t
-            for s in seqs:
-                row_of[s] = dst
-            if r < n_rows:
-                forks[0].append(r)
-                forks[1].append(dst)
-            else:
-                placed[0].append(r - n_rows)
-                placed[1].append(dst)
-        if end > masks.shape[0]:
-            masks = _fit(masks, 2 * end, masks.shape[1], 1)
-            last = _fit(last, 2 * end, 1, 0)
-        if forks[0]:
-            src, dst = torch.tensor(forks[0]), torch.tensor(forks[1])
-            _copy_rows(cache, src, dst, end)
-            masks[dst], last[dst] = masks[src], last[src]
-        if placed[0]:
-            src, dst = torch.tensor(placed[0]), torch.tensor(placed[1])
-            _place_rows(cache, new_cache, src, dst, end)
-            width = new_ids.shape[1]
-            masks[dst] = 1
-            masks[dst, : n_cached - width] = 0
-            masks[dst, n_cached - width : n_cached] = new_mask[src]
-            last[dst] = new_pos[src, -1:]
-        n_rows = end
-        # Compacting copies the whole cache: do it once a quarter of the rows are idle.
-        if len(free) >= max(1, n_rows // 4):
-            keep = sorted(set(row_of.values()))
-            where = {r: j for j, r in enumerate(keep)}
-            keep_t = torch.tensor(keep, device=device)
-            cache.batch_select_indices(keep_t)
-            masks[: len(keep)], last[: len(keep)] = masks[keep_t], last[keep_t]
-            tokens = {where[r]: t for r, t in tokens.items() if r in where}
-            row_of = {s: where[r] for s, r in row_of.items()}
-            n_rows = len(keep)
-        # Columns no row attends to any more (prompts of finished rows): dropped once they
-        # are a quarter of the cache (looked for every 16 steps).
-        steps += 1
-        if can_admit and steps % 16 == 0:
-            in_use = torch.tensor(sorted(set(row_of.values())), device=device)
-            unused = int(masks[in_use, :n_cached].argmax(-1).min())
-            if unused >= max(16, n_cached // 4):
-                _drop_columns(cache, unused)
-                masks[:, : n_cached - unused] = masks[:, unused:n_cached].clone()
-                masks[:, n_cached - unused :] = 1
-                n_cached -= unused
-        if n_cached + 1 > masks.shape[1]:
-            masks = _fit(masks, masks.shape[0], 2 * (n_cached + 1), 1)
-        row_tokens = [pad_id] * n_rows
-        for r, t in tokens.items():
-            row_tokens[r] = t
-        nxt = torch.tensor(row_tokens, device=device)[:, None]
-        n_cached += 1
-        last[:n_rows] += 1
-        logits = run(nxt, masks[:n_rows, :n_cached], last[:n_rows], cache)
+        _step(run, batch, _regroup(run, batch, groups))
+
+
+def _start(run: _Decode, pending: deque[int]) -> _Batch:
+    """A batch of the first pending prompts (as many as fit), prefilled in a cache with room
+    for every row and step."""
+    k, budget, max_new = run.params.k, run.budget, run.params.max_new_tokens
+    first = [pending.popleft() for _ in range(min(len(pending), max(1, budget // k)))]
+    pre = run.prefill(first, max_new, rows=budget + k)
+    can_admit = all(isinstance(x, PreallocatedLayer) for x in getattr(pre.cache, "layers", []))
+    n_cached = pre.mask.shape[1]
+    masks = _fit(pre.mask.new_ones((0, 0)), budget + k, n_cached + max_new, 1)
+    masks[: len(first), :n_cached] = pre.mask
+    last = _fit(pre.pos.new_zeros((0, 1)), budget + k, 1, 0)
+    last[: len(first)] = pre.pos[:, -1:]
+    batch = _Batch(pre.cache, pre.logits, masks, last, len(first), n_cached, can_admit)
+    batch.add(first, 0, k)
+    return batch
+
+
+def _admit(run: _Decode, batch: _Batch, pending: deque[int]) -> None:
+    """Take in pending prompts while rows are free: prefilled apart, they sit in "virtual"
+    rows ``n_rows..`` (their logits after the batch's) until their first tokens are drawn,
+    then get real rows (:func:`_regroup`)."""
+    k, budget = run.params.k, run.budget
+    new: list[int] = []
+    in_use = len(set(batch.row_of.values()))
+    while (
+        batch.can_admit
+        and pending
+        and in_use + k * (len(new) + 1) <= budget
+        and len(batch.row_of) + k * (len(new) + 1) <= 2 * budget
+        and len(run.prompts[pending[0]]) <= batch.n_cached
+    ):
+        new.append(pending.popleft())
+    batch.admitted = None
+    if new:
+        batch.admitted = run.prefill(new, 0, rows=len(new))
+        batch.logits = torch.cat([batch.logits, batch.admitted.logits])
+        batch.add(new, batch.n_rows, k)
+
+
+def _draw_next(run: _Decode, batch: _Batch) -> tuple[Groups, list[Done]]:
+    """Draw the next token of every live sequence (a calculator's forced token replaces it)
+    and end the sequences that are done. Returns the live sequences by (row, token), and the
+    prompts whose k sequences have all ended."""
+    params, k = run.params, run.params.k
+    live = sorted(batch.row_of)
+    u = None
+    if not params.greedy:
+        drawn = [len(batch.outputs[s]) for s in live]  # a path's step counter: tokens so far
+        u = uniforms(params.seed, [run.paths[s // k][s % k] for s in live], drawn)
+    picks = _pick(batch.logits, params, u, torch.tensor([batch.row_of[s] for s in live]))
+    groups: Groups = {}
+    done: list[Done] = []
+    for s, t in zip(live, picks.tolist(), strict=True):
+        if batch.forced.get(s):
+            t = batch.forced[s].popleft()
+        out = batch.outputs[s]
+        if t != run.eos_id:
+            out.append(t)
+        ended = t == run.eos_id or len(out) >= params.max_new_tokens
+        if ended or (run.stop is not None and run.stop.done(out)):
+            finished = batch.end(s, k)
+            if finished is not None:
+                done.append(finished)
+            continue
+        if run.hook is not None and not batch.forced.get(s):
+            fill = run.hook.forced(out)
+            if fill:
+                batch.forced[s] = deque(fill)
+        groups.setdefault((batch.row_of[s], t), []).append(s)
+    return groups, done
+
+
+def _regroup(run: _Decode, batch: _Batch, groups: Groups) -> dict[int, int]:
+    """Give every group of sequences a batch row and return each row's next token: the first
+    group of a batch row keeps it; every other group (forks, and the groups of virtual rows)
+    moves to a free row (one whose sequences have all ended), else to a new one past the end.
+    Compacting copies the whole cache: it is done once a quarter of the rows are idle."""
+    tokens: dict[int, int] = {}
+    moves: list[tuple[int, int, list[int]]] = []  # (source row, token, sequences)
+    for (r, t), seqs in groups.items():
+        if r < batch.n_rows and r not in tokens:
+            tokens[r] = t
+        else:
+            moves.append((r, t, seqs))
+    free = [r for r in range(batch.n_rows) if r not in tokens]
+    end = batch.n_rows
+    forks: Moves = ([], [])
+    placed: Moves = ([], [])  # source rows of batch.admitted
+    for r, t, seqs in moves:
+        dst = free.pop(0) if free else end
+        end = max(end, dst + 1)
+        tokens[dst] = t
+        for s in seqs:
+            batch.row_of[s] = dst
+        if r < batch.n_rows:
+            forks[0].append(r)
+            forks[1].append(dst)
+        else:
+            placed[0].append(r - batch.n_rows)
+            placed[1].append(dst)
+    _fill_rows(batch, forks, placed, end)
+    batch.n_rows = end
+    if len(free) >= max(1, batch.n_rows // 4):
+        tokens = _compact(run, batch, tokens)
+    return tokens
+
+
+def _fill_rows(batch: _Batch, forks: Moves, placed: Moves, end: int) -> None:
+    """Copy forked rows (cache, mask, position) into their new rows and write the admitted
+    prompts' prefills into theirs, right-aligned to the cache's last column; ``end`` rows
+    are then in use."""
+    if end > batch.masks.shape[0]:
+        batch.masks = _fit(batch.masks, 2 * end, batch.masks.shape[1], 1)
+        batch.last = _fit(batch.last, 2 * end, 1, 0)
+    masks, last, n = batch.masks, batch.last, batch.n_cached
+    if forks[0]:
+        src, dst = torch.tensor(forks[0]), torch.tensor(forks[1])
+        _copy_rows(batch.cache, src, dst, end)
+        masks[dst], last[dst] = masks[src], last[src]
+    if placed[0]:
+        new = batch.admitted
+        src, dst = torch.tensor(placed[0]), torch.tensor(placed[1])
+        _place_rows(batch.cache, new.cache, src, dst, end)
+        width = new.mask.shape[1]
+        masks[dst] = 1
+        masks[dst, : n - width] = 0
+        masks[dst, n - width : n] = new.mask[src]
+        last[dst] = new.pos[src, -1:]
+
+
+def _compact(run: _Decode, batch: _Batch, tokens: dict[int, int]) -> dict[int, int]:
+    """Keep only the rows in use, in order, at the top; returns ``tokens`` by the new rows."""
+    keep = sorted(set(batch.row_of.values()))
+    where = {r: j for j, r in enumerate(keep)}
+    keep_t = torch.tensor(keep, device=run.device)
+    batch.cache.batch_select_indices(keep_t)
+    batch.masks[: len(keep)], batch.last[: len(keep)] = batch.masks[keep_t], batch.last[keep_t]
+    batch.row_of = {s: where[r] for s, r in batch.row_of.items()}
+    batch.n_rows = len(keep)
+    return {where[r]: t for r, t in tokens.items() if r in where}
+
+
+def _drop_unused_columns(run: _Decode, batch: _Batch) -> None:
+    """Drop the cache columns no row attends to any more (prompts of ended rows) once they are
+    a quarter of the cache (looked for every 16 steps)."""
+    batch.steps += 1
+    if not batch.can_admit or batch.steps % 16:
+        return
+    in_use = torch.tensor(sorted(set(batch.row_of.values())), device=run.device)
+    n = batch.n_cached
+    unused = int(batch.masks[in_use, :n].argmax(-1).min())
+    if unused >= max(16, n // 4):
+        _drop_columns(batch.cache, unused)
+        batch.masks[:, : n - unused] = batch.masks[:, unused:n].clone()
+        batch.masks[:, n - unused :] = 1
+        batch.n_cached -= unused
+
+
+def _step(run: _Decode, batch: _Batch, tokens: dict[int, int]) -> None:
+    """Run the model on each row's next token (padding for rows without one)."""
+    _drop_unused_columns(run, batch)
+    if batch.n_cached + 1 > batch.masks.shape[1]:
+        batch.masks = _fit(batch.masks, batch.masks.shape[0], 2 * (batch.n_cached + 1), 1)
+    row_tokens = [run.pad_id] * batch.n_rows
+    for r, t in tokens.items():
+        row_tokens[r] = t
+    nxt = torch.tensor(row_tokens, device=run.device)[:, None]
+    batch.n_cached += 1
+    n = batch.n_rows
+    batch.last[:n] += 1
+    batch.logits = run.logits(nxt, batch.masks[:n, : batch.n_cached], batch.last[:n], batch.cache)
 
 
 def _fit(t: torch.Tensor, rows: int, cols: int, fill: int) -> torch.Tensor:
@@ -260,48 +358,3 @@ def _fit(t: torch.Tensor, rows: int, cols: int, fill: int) -> torch.Tensor:
     out = t.new_full((max(rows, t.shape[0]), max(cols, t.shape[1])), fill)
     out[: t.shape[0], : t.shape[1]] = t
     return out
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def _last_logits(model, ids, mask, pos, cache) -> torch.Tensor:
-    """Run ``ids`` (the prompts, or one new token per row) through the model with the cache
-    and return the last position's logits (fp32).
-
-    Where the output layer is a plain linear map, it is applied here to the contiguous last
-    hidden states: transformers' ``logits_to_keep=1`` slices a non-contiguous ``[B, 1, H]``
-    view, which torch's CPU matmul multiplies by expanding the ``[H, vocab]`` weight to
-    ``[B, H, vocab]`` (a 7 GB copy for SmolLM2 at batch 128; measured: half the time of a
-    whole evaluation went there). It is computed as ``W @ h^T`` (the same sums), which torch's
-    CPU matmul runs ~20% faster than ``h @ W^T`` for a vocabulary-wide ``W``.
-    """
-    head = model.get_output_embeddings() if hasattr(model, "get_decoder") else None
-    config = getattr(model, "config", None)
-    kwargs = {"attention_mask": mask, "position_ids": pos, "past_key_values": cache}
-    if (
-        isinstance(head, torch.nn.Linear)
-        and getattr(config, "final_logit_softcapping", None) is None
-        and getattr(config, "logit_scale", None) is None
-    ):
-        hidden = model.get_decoder()(input_ids=ids, use_cache=True, **kwargs).last_hidden_state
-        by_vocab = torch.mm(head.weight, hidden[:, -1].t())  # [vocab, B]
-        logits = torch.empty(by_vocab.shape[::-1], dtype=torch.float32, device=by_vocab.device)
-        logits.copy_(by_vocab.t())  # transposed and made fp32 in one copy
-        if head.bias is not None:
-            logits += head.bias
-        return logits
-    out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **kwargs)
-    return out.logits[:, -1].float()
-
-
-def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s) :] = torch.tensor(s)
-        mask[i, width - len(s) :] = 1
-    return ids.to(device), mask.to(device)

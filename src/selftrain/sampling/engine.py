@@ -1,15 +1,6 @@
-"""Batched generation of k completions per prompt, by one of two engines.
-
-- ``builtin`` (:class:`BuiltinEngine`, sampling/decoder.py): our decoding loop, on the student's
-  device, CPU or GPU. Prompts are sorted by length; the k samples of a prompt are decoded
-  together (sharing batch rows while they agree).
-- ``vllm`` (sampling/vllm.py): vLLM on a GPU, one engine for the whole run.
-
-Both hand a prompt back once all k samples have finished, in lists of about a batch, so callers
-write results per batch and a rerun skips the prompts already done. A sample's random draws
-depend only on (seed, item key, path, step) (sampling/draws.py), not on the batch or the
-process that decodes it.
-"""
+"""The sampler's interface: :class:`SamplingParams`, the :class:`Engine` protocol, the
+built-in engine (sampling/decoder.py), :func:`generate`, and :func:`make_engine`, which picks
+an engine by name."""
 
 from __future__ import annotations
 
@@ -22,28 +13,7 @@ from typing import Any, Protocol
 import torch
 
 from selftrain.models import Student
-from selftrain.sampling.decoder import _left_pad, decode, decode_stream
-from selftrain.sampling.draws import _draw, _pick
-from selftrain.sampling.hooks import CalculatorHook, StopHook, calculator_hook
-from selftrain.sampling.kv_cache import preallocated_layer_class
-
-__all__ = [
-    "BuiltinEngine",
-    "CalculatorHook",
-    "Engine",
-    "SamplingParams",
-    "StopHook",
-    "_draw",
-    "_left_pad",
-    "_pick",
-    "calculator_hook",
-    "decode",
-    "decode_stream",
-    "generate",
-    "make_engine",
-    "preallocated_layer_class",
-    "vllm_available",
-]
+from selftrain.sampling.hooks import make_hooks
 
 # (key, prompt token ids) in; (key, k completion texts, k completion token counts) out
 Items = Sequence[tuple[Any, list[int]]]
@@ -52,6 +22,8 @@ Results = list[tuple[Any, list[str], list[int]]]
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """How an engine samples: k completions per prompt, drawn (or argmax), within a budget."""
+
     k: int = 1
     greedy: bool = True
     temperature: float = 1.0
@@ -66,6 +38,8 @@ class SamplingParams:
 
 
 class Engine(Protocol):
+    """A decoding engine: the built-in loop or vLLM (sampling/vllm.py)."""
+
     name: str
 
     def generate(self, student: Student, items: Items, params: SamplingParams) -> Iterator[Results]:
@@ -81,12 +55,13 @@ class BuiltinEngine:
     name = "builtin"
 
     def generate(self, student: Student, items: Items, params: SamplingParams) -> Iterator[Results]:
+        from selftrain.sampling.decoder import decode_stream  # imports transformers
+
         if not items:
             return
         per_batch = max(1, params.batch_size // params.k)
         order = sorted(range(len(items)), key=lambda i: len(items[i][1]))
-        hook = calculator_hook(student.tokenizer) if params.calculator else None
-        stop = StopHook(student.tokenizer, params.stop) if params.stop else None
+        hook, stop = make_hooks(student.tokenizer, params)
         prompts = [items[i][1] for i in order]
         keys = [items[i][0] for i in order]
         results: Results = []

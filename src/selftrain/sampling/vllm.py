@@ -39,9 +39,9 @@ from typing import Any
 import torch
 
 from selftrain.models import DEFAULT_STUDENT, Student
-from selftrain.sampling import Items, Results, SamplingParams
 from selftrain.sampling.draws import path_keys, request_seed, stable_key
-from selftrain.sampling.hooks import CalculatorHook, StopHook, calculator_hook
+from selftrain.sampling.engine import Items, Results, SamplingParams
+from selftrain.sampling.hooks import CalculatorHook, StopHook, make_hooks
 
 # vLLM's max_lora_rank takes these values only
 _LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -182,8 +182,7 @@ class VLLMEngine:
         weights = self._weights(student)
         llm = self._wake(student, weights)
         lora = self._lora_request(weights) if self.lora else None
-        hook = calculator_hook(student.tokenizer) if params.calculator else None
-        stop = StopHook(student.tokenizer, params.stop) if params.stop else None
+        hook, stop = make_hooks(student.tokenizer, params)
         try:
             step = self.cfg.prompts_per_call
             for start in range(0, len(items), step):
@@ -250,25 +249,32 @@ def _rounds(
         for (i, j), res in zip(requests, done, strict=True):
             for c, comp in enumerate(res.outputs):
                 slot = (i, c if j is None else j)
-                tokens = outputs[slot]
-                new = list(comp.token_ids)
-                trigger = hook is not None and comp.stop_reason in hook.triggers
-                if trigger and (not new or new[-1] != comp.stop_reason):
-                    new.append(comp.stop_reason)  # the stop token, where vLLM leaves it out
-                # EOS: in the ids, or named as the stop reason, or a plain "stop" (model's EOS)
-                ended = eos_id in new or comp.stop_reason == eos_id
-                ended |= comp.finish_reason == "stop" and comp.stop_reason is None
-                if eos_id in new:
-                    new = new[: new.index(eos_id)]
-                tokens.extend(new)
-                del tokens[params.max_new_tokens :]
-                if ended or not trigger or len(tokens) >= params.max_new_tokens:
-                    continue
-                tokens.extend(hook.forced(tokens)[: params.max_new_tokens - len(tokens)])
-                if len(tokens) < params.max_new_tokens:
+                if _extend(outputs[slot], comp, hook, eos_id, params.max_new_tokens):
                     nxt.append(slot)
         requests = nxt
     return outputs
+
+
+def _extend(
+    tokens: list[int], comp: Any, hook: CalculatorHook | None, eos_id: int, max_new_tokens: int
+) -> bool:
+    """Add a vLLM completion's tokens (EOS left out) to ``tokens``, and the calculator's result
+    where it stopped at a trigger; whether the sample goes on in another round."""
+    new = list(comp.token_ids)
+    trigger = hook is not None and comp.stop_reason in hook.triggers
+    if trigger and (not new or new[-1] != comp.stop_reason):
+        new.append(comp.stop_reason)  # the stop token, where vLLM leaves it out
+    # EOS: in the ids, or named as the stop reason, or a plain "stop" (model's EOS)
+    ended = eos_id in new or comp.stop_reason == eos_id
+    ended |= comp.finish_reason == "stop" and comp.stop_reason is None
+    if eos_id in new:
+        new = new[: new.index(eos_id)]
+    tokens.extend(new)
+    del tokens[max_new_tokens:]
+    if ended or not trigger or len(tokens) >= max_new_tokens:
+        return False
+    tokens.extend(hook.forced(tokens)[: max_new_tokens - len(tokens)])
+    return len(tokens) < max_new_tokens
 
 
 def _cut_at_stop(tokens: list[int], stop: StopHook | None) -> list[int]:
