@@ -45,13 +45,17 @@ def make_demos(student, n: int) -> list[tuple[list[int], list[int]]]:
 
 
 def run_selftrain(model, tokenizer, data, args, lora: bool) -> dict:
+    from selftrain.config import OptimizerConfig
     from selftrain.models import Student
     from selftrain.training.sft import train_sft
 
     torch.manual_seed(args.seed)
     student = Student(model, tokenizer, D.student_cfg(args, lora))
     t0 = time.perf_counter()
-    res = train_sft(student, data, lr=args.lr, batch_size=args.batch_size, epochs=1, seed=args.seed)
+    opt = OptimizerConfig(
+        lr=args.lr, batch_size=args.batch_size, weight_decay=0.0, warmup_ratio=0.0
+    )  # as TRL's SFTTrainer below
+    res = train_sft(student, data, opt, epochs=1, seed=args.seed)
     return {"train_s": time.perf_counter() - t0, "steps": res.steps}
 
 

@@ -39,7 +39,7 @@ def test_the_student_loads_on_the_gpu_in_bf16_under_lora(cuda_student):
 
 @pytest.mark.parametrize("lora", [True, False])
 def test_sft_and_dpo_train_on_the_gpu(cuda_student, lora):
-    from selftrain.config import DPOConfig
+    from selftrain.config import DPOConfig, OptimizerConfig
     from selftrain.training.dpo import reference_logps, train_dpo
     from selftrain.training.sft import train_sft, validation_loss
 
@@ -47,7 +47,8 @@ def test_sft_and_dpo_train_on_the_gpu(cuda_student, lora):
     qa = [("What is 2+3?", "2+3=<<2+3=5>>5\n#### 5"), ("What is 4*2?", "4*2=<<4*2=8>>8\n#### 8")]
     data = [(s.prompt_ids(q), s.completion_ids(a)) for q, a in qa]
     before = validation_loss(s, data)
-    train_sft(s, data, lr=3e-3, batch_size=2, micro_batch_size=1, max_steps=20)
+    opt = OptimizerConfig(lr=3e-3, batch_size=2, micro_batch_size=1, weight_decay=0, warmup_ratio=0)
+    train_sft(s, data, opt, max_steps=20)
     assert validation_loss(s, data) < before
     pairs = [(p, c, s.completion_ids("#### 7")) for p, c in data]
     ref = reference_logps(s, pairs)
@@ -59,7 +60,8 @@ def test_sft_and_dpo_train_on_the_gpu(cuda_student, lora):
 def test_greedy_decoding_on_the_gpu_equals_generate(cuda_student):
     from transformers import GenerationConfig
 
-    from selftrain.sampling import SamplingParams, _left_pad, generate
+    from selftrain.sampling import SamplingParams, generate
+    from selftrain.sampling.forward import _left_pad
 
     s = cuda_student(lora=False, dtype="float32")
     items = [(i, s.prompt_ids(q)) for i, q in enumerate(["What is 2+3?", "Tom has 5 apples."])]
@@ -77,12 +79,14 @@ def test_greedy_decoding_on_the_gpu_equals_generate(cuda_student):
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="no bitsandbytes")
 def test_qlora_trains_adapters_on_a_four_bit_base(cuda_student):
+    from selftrain.config import OptimizerConfig
     from selftrain.training.sft import train_sft
 
     s = cuda_student(lora=True, load_in_4bit=True)
     assert s.quantized
     data = [(s.prompt_ids("What is 2+3?"), s.completion_ids("#### 5"))]
-    res = train_sft(s, data, lr=1e-3, batch_size=1, max_steps=3)
+    opt = OptimizerConfig(lr=1e-3, batch_size=1, weight_decay=0.0, warmup_ratio=0.0)
+    res = train_sft(s, data, opt, max_steps=3)
     assert res.steps == 3
     with s.inference() as run:
         assert run.model is s.model  # a 4-bit base is decoded through its adapters
