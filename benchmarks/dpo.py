@@ -75,7 +75,7 @@ def lora_config(student_cfg, model):
     """The peft LoraConfig selftrain builds for ``student_cfg`` (the same one goes to TRL)."""
     from peft import LoraConfig
 
-    from selftrain.models import _linear_names
+    from selftrain.models import linear_names as _linear_names
 
     lc = student_cfg.lora
     n = model.config.num_hidden_layers

@@ -9,8 +9,9 @@ import torch
 from typer.testing import CliRunner
 
 from selftrain import tasks
-from selftrain.eval.suite import evaluate_loglik, markdown_table, run_eval, spread
 from selftrain.cli import app
+from selftrain.eval.loglik import evaluate_loglik
+from selftrain.eval.suite import markdown_table, run_eval, spread
 from selftrain.io import read_jsonl
 from selftrain.models import ModelLoadError
 from selftrain.tasks.data import DataError, data_dir

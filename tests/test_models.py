@@ -80,7 +80,7 @@ def test_inference_model_folds_lora_without_touching_the_student(make_student):
 def test_a_student_too_large_to_copy_decodes_through_its_adapters(make_student, monkeypatch):
     """No memory for a folded copy: the sampler runs the student's own model (adapters, and
     autocast instead of a bf16 copy), with the same greedy output."""
-    from selftrain import models
+    from selftrain.models import student
     from selftrain.sampling import SamplingParams, generate
 
     s = make_student(lora=True)
@@ -91,7 +91,7 @@ def test_a_student_too_large_to_copy_decodes_through_its_adapters(make_student, 
     items = [(i, s.prompt_ids(q)) for i, q in enumerate(["What is 2+3?", "Tom has 5 apples."])]
     params = SamplingParams(max_new_tokens=10)
     folded = [x for b in generate(s, items, params) for x in b]
-    monkeypatch.setattr(models, "_copy_fits", lambda model, dtype: False)
+    monkeypatch.setattr(student, "_copy_fits", lambda model, dtype: False)
     with s.inference() as run:
         assert run.model is s.model
     assert [x for b in generate(s, items, params) for x in b] == folded
@@ -190,18 +190,18 @@ def test_device_names_resolve_or_say_what_is_wrong(monkeypatch):
 def test_precision_auto_probes_the_cpu_once(monkeypatch):
     import torch
 
-    from selftrain import models
+    from selftrain.models import loading
 
-    assert models.resolve_autocast(True, torch.device("cpu")) is True
-    assert models.resolve_autocast(False, torch.device("cpu")) is False
-    faster, rates = models.bf16_is_faster()
+    assert loading.resolve_autocast(True, torch.device("cpu")) is True
+    assert loading.resolve_autocast(False, torch.device("cpu")) is False
+    faster, rates = loading.bf16_is_faster()
     assert rates["float32"] > 0 and rates["bfloat16"] > 0
     assert faster == (rates["bfloat16"] >= 1.1 * rates["float32"])
-    assert models.bf16_is_faster() is models.bf16_is_faster()  # measured once per process
-    monkeypatch.setattr(models, "bf16_is_faster", lambda: (True, {"float32": 1, "bfloat16": 2}))
-    assert models.resolve_autocast("auto", torch.device("cpu")) is True
-    monkeypatch.setattr(models, "bf16_is_faster", lambda: (False, {"float32": 2, "bfloat16": 1}))
-    assert models.resolve_autocast("auto", torch.device("cpu")) is False
+    assert loading.bf16_is_faster() is loading.bf16_is_faster()  # measured once per process
+    monkeypatch.setattr(loading, "bf16_is_faster", lambda: (True, {"float32": 1, "bfloat16": 2}))
+    assert loading.resolve_autocast("auto", torch.device("cpu")) is True
+    monkeypatch.setattr(loading, "bf16_is_faster", lambda: (False, {"float32": 2, "bfloat16": 1}))
+    assert loading.resolve_autocast("auto", torch.device("cpu")) is False
 
 
 def test_a_student_resolves_auto_precision_to_a_bool(make_student):

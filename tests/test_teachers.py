@@ -87,10 +87,16 @@ def _recorder():
     return sleeps, sleep, lambda: now[0]
 
 
-def _api(handler, **kw):
+def _api(handler, sleep=asyncio.sleep, clock=time.monotonic, **kw):
+    """An API teacher of model "m" (``kw``: its TeacherConfig fields) behind ``handler``."""
     kw.setdefault("api_key_env", None)
     kw.setdefault("base_url", "http://teacher.test/v1")
-    return ApiTeacher("m", transport=httpx.MockTransport(handler), **kw)
+    cfg = _api_cfg("m", **kw)
+    return ApiTeacher(cfg, transport=httpx.MockTransport(handler), sleep=sleep, clock=clock)
+
+
+def _api_cfg(model: str, **kw) -> TeacherConfig:
+    return TeacherConfig(kind="api", model=model, **kw)
 
 
 def _answer_of(task):
@@ -202,7 +208,7 @@ def test_a_wrong_key_url_or_model_stops_the_run(status, monkeypatch):
 def test_openai_without_a_key_names_the_variable(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(TeacherError, match="OPENAI_API_KEY"):
-        ApiTeacher("gpt-4o-mini")
+        ApiTeacher(_api_cfg("gpt-4o-mini"))
 
 
 def test_a_local_server_needs_no_key():
@@ -256,15 +262,15 @@ def test_a_429_with_retry_after_holds_back_every_request():
 def test_cache_key_is_model_messages_params_and_sample_not_the_url(monkeypatch):
     task = _task()
     [r] = _requests(task)
-    a = ApiTeacher("m", base_url="http://one/v1", api_key_env=None)
-    b = ApiTeacher("m", base_url="http://two/v1", api_key_env=None)
+    a = ApiTeacher(_api_cfg("m", base_url="http://one/v1", api_key_env=None))
+    b = ApiTeacher(_api_cfg("m", base_url="http://two/v1", api_key_env=None))
     assert cache_key(a.signature(r)) == cache_key(b.signature(r))
-    hotter = ApiTeacher("m", base_url="http://one/v1", api_key_env=None, temperature=0.7)
+    hotter = ApiTeacher(_api_cfg("m", base_url="http://one/v1", api_key_env=None, temperature=0.7))
     assert cache_key(hotter.signature(r)) != cache_key(a.signature(r))
     other = Request(r.qid, 1, r.messages, r.example)
     assert cache_key(a.signature(other)) != cache_key(a.signature(r))
     monkeypatch.setenv("K", SECRET)
-    keyed = ApiTeacher("m", base_url="http://one/v1", api_key_env="K")
+    keyed = ApiTeacher(_api_cfg("m", base_url="http://one/v1", api_key_env="K"))
     assert keyed.signature(r) == a.signature(r) and SECRET not in json.dumps(keyed.signature(r))
 
 
@@ -508,7 +514,8 @@ def test_a_task_without_a_solver_is_refused():
 
 def test_hf_teacher_samples_n_per_question_with_the_local_sampler(tiny_dir, tmp_path):
     task = _task(3)
-    teacher = HFTeacher(str(tiny_dir), temperature=1.0, max_tokens=6, seed=1)
+    cfg = TeacherConfig(kind="hf", model=str(tiny_dir), temperature=1.0, max_tokens=6, seed=1)
+    teacher = HFTeacher(cfg)
     stats = run_demos(
         teacher,
         task,
@@ -606,8 +613,8 @@ def _stage_recipe(url: str, **teacher):
 
 
 def test_srit_demos_stage_asks_the_api_and_keeps_several_demos_per_question(tmp_path):
-    from selftrain.stages import demos as stage
     from selftrain.rundir import RunDir
+    from selftrain.stages import demos as stage
 
     task = ArithmeticTask(n_train=6, n_validation=2, n_test=2)
     train = task.load("train")
@@ -631,8 +638,8 @@ def test_srit_demos_stage_asks_the_api_and_keeps_several_demos_per_question(tmp_
 
 
 def test_srit_demos_stage_stays_undone_while_a_request_failed(tmp_path):
-    from selftrain.stages import demos as stage
     from selftrain.rundir import RunDir
+    from selftrain.stages import demos as stage
 
     task = ArithmeticTask(n_train=6, n_validation=2, n_test=2)
     train = task.load("train")
@@ -703,14 +710,16 @@ def test_every_question_is_answered_once_through_the_fault_proxy(tmp_path):
         FaultProxy(server.url, schedule) as proxy,
     ):
         teacher = ApiTeacher(
-            "fake",
-            base_url=f"{proxy.url}/v1",
-            api_key_env=None,
-            concurrency=8,
-            timeout_s=2.0,
-            max_retries=5,
-            backoff_base_s=0.02,
-            backoff_max_s=0.2,
+            _api_cfg(
+                "fake",
+                base_url=f"{proxy.url}/v1",
+                api_key_env=None,
+                concurrency=8,
+                timeout_s=2.0,
+                max_retries=5,
+                backoff_base_s=0.02,
+                backoff_max_s=0.2,
+            )
         )
         stats = run_demos(
             teacher, task, examples, tmp_path / "d.jsonl", cache_dir=tmp_path / "c", progress=False

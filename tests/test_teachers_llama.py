@@ -26,6 +26,7 @@ import httpx
 import pytest
 from faultproxy import FaultProxy, FaultSchedule
 
+from selftrain.config import TeacherConfig
 from selftrain.io import read_jsonl
 from selftrain.tasks import ArithmeticTask
 from selftrain.teachers import Request, run_demos
@@ -117,15 +118,18 @@ def test_200_questions_through_injected_faults_are_each_answered_once(llama_serv
     )
     with FaultProxy(llama_server, schedule) as proxy:
         teacher = ApiTeacher(
-            "smollm2-135m-instruct",
-            base_url=f"{proxy.url}/v1",
-            api_key_env=None,
-            max_tokens=MAX_TOKENS,
-            concurrency=CONCURRENCY,
-            timeout_s=TIMEOUT_S,
-            max_retries=6,
-            backoff_base_s=0.2,
-            backoff_max_s=2.0,
+            TeacherConfig(
+                kind="api",
+                model="smollm2-135m-instruct",
+                base_url=f"{proxy.url}/v1",
+                api_key_env=None,
+                max_tokens=MAX_TOKENS,
+                concurrency=CONCURRENCY,
+                timeout_s=TIMEOUT_S,
+                max_retries=6,
+                backoff_base_s=0.2,
+                backoff_max_s=2.0,
+            )
         )
         start = time.monotonic()
         stats = run_demos(
@@ -168,7 +172,15 @@ def test_sigkill_half_way_then_rerun_completes_the_set_asking_nothing_twice(llam
     out, cache_dir = tmp_path / "demos.jsonl", tmp_path / "cache"
     model = "smollm2-135m-instruct"
     by_prompt = {cot_prompt(task, e): e.id for e in examples}
-    signer = ApiTeacher(model, base_url="http://unused/v1", api_key_env=None, max_tokens=MAX_TOKENS)
+    signer = ApiTeacher(
+        TeacherConfig(
+            kind="api",
+            model=model,
+            base_url="http://unused/v1",
+            api_key_env=None,
+            max_tokens=MAX_TOKENS,
+        )
+    )
     key_of = {
         e.id: cache_key(signer.signature(Request(e.id, 0, messages(task, e), e))) for e in examples
     }

@@ -1,16 +1,49 @@
-"""Command line: `selftrain run [RECIPE]`."""
+"""Command line: `selftrain run`, `eval`, `compare`, `tasks`, `demos` and `version`."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 import yaml
 
+if TYPE_CHECKING:
+    from selftrain.config import TeacherConfig
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Teach small LMs to reason.")
+
+# options whose type and help are spelled once
+DataDir = Annotated[
+    Path | None, typer.Option(help="benchmark data folder (or $SELFTRAIN_DATA_DIR)")
+]
+Device = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N")]
+
+
+def _start(free_memory: bool = True) -> None:
+    """A command's process: OpenMP threads that sleep while waiting (and freed memory handed
+    back to the system: :func:`selftrain.runtime.return_freed_memory`)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if free_memory:
+        from selftrain.runtime import return_freed_memory
+
+        return_freed_memory()
+
+
+def _print_markdown(text: str) -> None:
+    """Render Markdown (a results or comparison table) on the terminal."""
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    Console().print(Markdown(text))
+
+
+def _fail(error: object, code: int = 1) -> NoReturn:
+    """Print ``error: ...`` on stderr and exit with ``code``."""
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(code) from None
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -45,10 +78,7 @@ def run(
     """Run a recipe end to end; rerunning the same command resumes where it stopped.
 
     Several processes: `accelerate launch --num_processes N -m selftrain run RECIPE`."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from selftrain.runtime import return_freed_memory
-
-    return_freed_memory()
+    _start()
     from selftrain.config import RecipeError, load_recipe
     from selftrain.models import ModelLoadError
     from selftrain.pipeline import dpo_st, srit
@@ -59,8 +89,7 @@ def run(
     try:
         r = load_recipe(recipe, _overrides(set_ or []))
     except RecipeError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        _fail(e, 2)
     try:
         pipeline = srit if r.method == "srit" else dpo_st  # dpo_st, self_training
         pipeline.run(r, run_dir or Path("runs") / r.name)
@@ -71,12 +100,13 @@ def run(
 
 
 def _build_tasks(names: list[str], data_dir: Path | None, style: str, n_shots: int) -> list:
-    """Tasks by registry name; benchmark tasks get the data dir and prompting style."""
+    """Tasks by registry name (blank names skipped); benchmark tasks get the data dir and
+    prompting style."""
     from selftrain import tasks as registry
     from selftrain.tasks.benchmark import BenchmarkTask
 
     built = []
-    for name in names:
+    for name in (n.strip() for n in names if n.strip()):
         base = name.partition(":")[0]
         factory = registry._REGISTRY.get(base)
         if factory is None:
@@ -98,8 +128,22 @@ def _precision(name: str) -> bool | str:
     return choices[name]
 
 
+# the options of `selftrain eval` that go to run_eval as they are
+_RUN_EVAL_OPTIONS = (
+    "limit",
+    "split",
+    "scoring",
+    "batch_size",
+    "max_new_tokens",
+    "calculator",
+    "train_task",
+    "compare_to",
+)
+
+
 @app.command("eval")
 def eval_(
+    ctx: typer.Context,
     tasks: Annotated[str, typer.Option(help="comma-separated task names: gsm8k,svamp,mmlu:stem")],
     model: Annotated[
         str, typer.Option(help="hub id, local folder, .gguf file, or the embedded default")
@@ -113,9 +157,7 @@ def eval_(
         int | None, typer.Option(help="N questions of each task, evenly spread over the split")
     ] = None,
     split: Annotated[str | None, typer.Option(help="split (default: each task's test)")] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option(help="benchmark data folder (or $SELFTRAIN_DATA_DIR)")
-    ] = None,
+    data_dir: DataDir = None,
     style: Annotated[str, typer.Option(help="prompting: cot, direct or fewshot")] = "cot",
     n_shots: Annotated[int, typer.Option(help="examples in a few-shot prompt")] = 4,
     scoring: Annotated[
@@ -131,9 +173,7 @@ def eval_(
     precision: Annotated[
         str, typer.Option(help="auto (bf16 where a probe finds it faster), bf16 or fp32")
     ] = "auto",
-    device: Annotated[
-        str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:N")
-    ] = "auto",
+    device: Device = "auto",
     system_prompt: Annotated[str | None, typer.Option(help="system message")] = None,
     compare_to: Annotated[
         Path | None,
@@ -144,57 +184,23 @@ def eval_(
 ) -> None:
     """Accuracy of a model on benchmark tasks, with 95% intervals, as JSON and Markdown;
     with --compare-to, the paired difference to another model (McNemar, 95% interval)."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from selftrain.runtime import return_freed_memory
-
-    return_freed_memory()
-    from rich.console import Console
-    from rich.markdown import Markdown
-
-    from selftrain.eval.suite import run_eval
-    from selftrain.config import LoraConfig, StudentConfig
-    from selftrain.models import ModelLoadError, Student
-    from selftrain.runtime import Runtime, RuntimeSetupError
+    _start()
+    from selftrain.eval.suite import load_student, markdown_table, run_eval
+    from selftrain.models import ModelLoadError
+    from selftrain.runtime import RuntimeSetupError
     from selftrain.tasks.data import DataError
 
-    names = [t.strip() for t in tasks.split(",") if t.strip()]
     try:
-        built = _build_tasks(names, data_dir, style, n_shots)
-        cfg = StudentConfig(
-            model=model,
-            gguf_file=gguf_file,
-            device=device,
-            autocast_bf16=_precision(precision),
-            system_prompt=system_prompt,
-            lora=LoraConfig(enabled=False),
-        )
-        # under accelerate launch every process scores a share of the questions
-        student = Student.load(cfg, Runtime.start(device))
-        if adapter is not None:
-            student.apply_checkpoint(adapter)
-        label = Path(model).name + (f"+{adapter.parent.name}-{adapter.name}" if adapter else "")
+        built = _build_tasks(tasks.split(","), data_dir, style, n_shots)
+        autocast = _precision(precision)
+        student, label = load_student(model, gguf_file, adapter, device, autocast, system_prompt)
         folder = out or Path("evals") / label
-        summary = run_eval(
-            student,
-            built,
-            folder,
-            limit=limit,
-            split=split,
-            scoring=scoring,
-            batch_size=batch_size,
-            max_new_tokens=max_new_tokens,
-            calculator=calculator,
-            train_task=train_task,
-            model_name=label,
-            compare_to=compare_to,
-        )
+        settings = {k: ctx.params[k] for k in _RUN_EVAL_OPTIONS}
+        summary = run_eval(student, built, folder, model_name=label, **settings)
     except (DataError, ModelLoadError, RuntimeSetupError, ValueError, KeyError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    from selftrain.eval.suite import markdown_table
-
+        _fail(e)
     if student.runtime.is_main:
-        Console().print(Markdown(markdown_table(summary)))
+        _print_markdown(markdown_table(summary))
         typer.echo(f"results: {folder / 'results.json'}, {folder / 'results.md'}")
 
 
@@ -208,33 +214,24 @@ def compare_(
 ) -> None:
     """Paired comparison of two models' answers to the same questions: A's accuracy minus
     B's, its 95% interval and the exact McNemar p-value, per task or split."""
-    from rich.console import Console
-    from rich.markdown import Markdown
-
     from selftrain.eval.suite import compare_folders, compare_table
     from selftrain.io import write_json_atomic
 
     for folder in (a, b):
         if not folder.is_dir():
-            typer.echo(f"error: {folder}: no such folder", err=True)
-            raise typer.Exit(1)
+            _fail(f"{folder}: no such folder")
     try:
         result = compare_folders(a, b)
     except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+        _fail(e)
     typer.echo(f"A: {a}\nB: {b}")
-    Console().print(Markdown(compare_table(result)))
+    _print_markdown(compare_table(result))
     if out is not None:
         write_json_atomic(out, {"a": str(a), "b": str(b), "tasks": result})
 
 
 @app.command("tasks")
-def tasks_(
-    data_dir: Annotated[
-        Path | None, typer.Option(help="benchmark data folder (or $SELFTRAIN_DATA_DIR)")
-    ] = None,
-) -> None:
+def tasks_(data_dir: DataDir = None) -> None:
     """List the registered tasks with their splits and sizes."""
     from rich.console import Console
     from rich.table import Table
@@ -260,8 +257,9 @@ def tasks_(
 
 @app.command()
 def demos(
+    ctx: typer.Context,
     task: Annotated[str, typer.Option(help="task name: arithmetic, gsm8k, mmlu:stem, ...")],
-    teacher: Annotated[str, typer.Option(help="api, hf, gold or solver")] = "api",
+    kind: Annotated[str, typer.Option("--teacher", help="api, hf, gold or solver")] = "api",
     model: Annotated[
         str | None, typer.Option(help="api: the served model's name; hf: a student spec")
     ] = None,
@@ -284,18 +282,17 @@ def demos(
     family: Annotated[
         str | None, typer.Option(help="a label for reports: in-family, out-family")
     ] = None,
-    price_input: Annotated[
-        float | None, typer.Option(help="US$ per million prompt tokens (for the cost)")
+    price_per_million_input: Annotated[
+        float | None,
+        typer.Option("--price-input", help="US$ per million prompt tokens (for the cost)"),
     ] = None,
-    price_output: Annotated[
-        float | None, typer.Option(help="US$ per million completion tokens")
+    price_per_million_output: Annotated[
+        float | None, typer.Option("--price-output", help="US$ per million completion tokens")
     ] = None,
     out: Annotated[
         Path | None, typer.Option(help="demos JSONL (default: demos/TASK.SPLIT.jsonl)")
     ] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option(help="benchmark data folder (or $SELFTRAIN_DATA_DIR)")
-    ] = None,
+    data_dir: DataDir = None,
     cache_dir: Annotated[
         Path | None,
         typer.Option(help="answer cache (default: $SELFTRAIN_CACHE_DIR, ~/.cache/selftrain)"),
@@ -306,119 +303,64 @@ def demos(
 
     Rerunning the same command (same --out) resumes: answered questions are skipped, cached
     answers cost nothing, and requests that failed are asked again."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from pydantic import ValidationError
+    _start(free_memory=False)
     from rich.console import Console
 
-    from selftrain.config import TeacherConfig
     from selftrain.io import read_jsonl
     from selftrain.progress import setup_logging
-    from selftrain.tasks.data import DataError
-    from selftrain.teachers import TeacherError, build_teacher, prices_of, run_demos, summarize
+    from selftrain.teachers import run_line, summarize, summary_table, teacher_demos
 
     setup_logging()
+    cfg = _teacher_config(ctx.params)
+    out = out or Path("demos") / f"{task.replace(':', '_')}.{split}.jsonl"
     try:
-        cfg = TeacherConfig(
-            kind=teacher,
-            model=model,
-            base_url=base_url,
-            api_key_env=api_key_env or None,
-            n_per_question=n_per_question,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            concurrency=concurrency,
-            timeout_s=timeout_s,
-            max_retries=max_retries,
-            seed=seed,
-            system_prompt=system_prompt,
-            family=family,
-            price_per_million_input=price_input,
-            price_per_million_output=price_output,
-            cache_dir=str(cache_dir) if cache_dir else None,
+        built = _build_tasks([task], data_dir, "cot", 4)[0]
+        source, stats = teacher_demos(cfg, built, built.load(split, limit), out, progress=progress)
+    except _demos_errors(cfg.kind) as e:
+        _fail(e)
+    console = Console()
+    if not console.is_terminal:  # a log or a pipe: no need to squeeze the table into 80 columns
+        console = Console(width=max(console.width, 132))
+    console.print(summary_table(summarize(read_jsonl(out)), out))
+    typer.echo(run_line(source.identity, stats["run"]))
+    if stats["failed"]:
+        _fail(
+            f"{stats['failed']} requests failed after their retries (recorded in {out}); "
+            "run the same command again to ask for them"
         )
+
+
+def _teacher_config(options: dict) -> TeacherConfig:
+    """The teacher section made of the ``demos`` options named after its fields; invalid
+    values exit with status 2, naming each field."""
+    from pydantic import ValidationError
+
+    from selftrain.config import TeacherConfig
+
+    fields = {k: v for k, v in options.items() if k in TeacherConfig.model_fields}
+    fields["api_key_env"] = fields["api_key_env"] or None
+    fields["cache_dir"] = str(fields["cache_dir"]) if fields["cache_dir"] else None
+    try:
+        return TeacherConfig(**fields)
     except ValidationError as e:
         msgs = "; ".join(
             f"{'.'.join(map(str, x['loc'])) or 'teacher'}: {x['msg']}" for x in e.errors()
         )
-        typer.echo(f"error: {msgs}", err=True)
-        raise typer.Exit(2) from None
-    out = out or Path("demos") / f"{task.replace(':', '_')}.{split}.jsonl"
+        _fail(msgs, 2)
+
+
+def _demos_errors(kind: str) -> tuple[type[Exception], ...]:
+    """The errors a demos run reports and exits on (a model's only for a local teacher: it
+    imports torch)."""
+    from selftrain.tasks.data import DataError
+    from selftrain.teachers import TeacherError
+
     errors: tuple[type[Exception], ...] = (DataError, TeacherError, ValueError, KeyError)
-    if cfg.kind == "hf":  # torch is imported only for a local model
+    if kind == "hf":
         from selftrain.models import ModelLoadError
 
         errors = (*errors, ModelLoadError)
-    try:
-        built = _build_tasks([task], data_dir, "cot", 4)[0]
-        examples = built.load(split, limit)
-        source = build_teacher(cfg, built)
-        stats = run_demos(
-            source,
-            built,
-            examples,
-            out,
-            n_per_question=cfg.n_per_question,
-            system_prompt=cfg.system_prompt,
-            cache_dir=cfg.cache_dir,
-            prices=prices_of(cfg),
-            progress=progress,
-        )
-    except errors as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    console = Console()
-    if not console.is_terminal:  # a log or a pipe: no need to squeeze the table into 80 columns
-        console = Console(width=max(console.width, 132))
-    console.print(_demos_table(summarize(read_jsonl(out)), out))
-    run = stats["run"]
-    error_counts = ", ".join(f"{k} {v}" for k, v in sorted(run["errors"].items())) or "none"
-    paid = f", paid now ${run['cost_paid']:.4f}" if run["cost_paid"] is not None else ""
-    typer.echo(
-        f"this run ({source.identity}): {run['to_do']} to do, {run['from_cache']} from the cache, "
-        f"{run['asked']} asked, {run['requests']} HTTP requests, {run['retries']} retries "
-        f"(errors: {error_counts}), {run['seconds']:.1f}s{paid}"
-    )
-    if stats["failed"]:
-        typer.echo(
-            f"error: {stats['failed']} requests failed after their retries (recorded in {out}); "
-            "run the same command again to ask for them",
-            err=True,
-        )
-        raise typer.Exit(1)
-
-
-def _demos_table(stats: list[dict], out: Path):
-    from rich.table import Table
-
-    table = Table(
-        "teacher",
-        "family",
-        "questions",
-        "demos",
-        "kept",
-        "kept %",
-        "q. with kept",
-        "tokens in",
-        "tokens out",
-        "cost $",
-        "failed",
-        title=str(out),
-    )
-    for s in stats:
-        table.add_row(
-            s["teacher"],
-            s["family"] or "-",
-            str(s["questions"]),
-            str(s["demos"]),
-            str(s["kept"]),
-            f"{100 * s['kept_fraction']:.1f}",
-            str(s["questions_with_kept"]),
-            f"{s['prompt_tokens']:,}",
-            f"{s['completion_tokens']:,}",
-            "-" if s["cost"] is None else f"{s['cost']:.4f}",
-            str(s["failed"]),
-        )
-    return table
+    return errors
 
 
 @app.command()

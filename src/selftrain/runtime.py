@@ -6,7 +6,7 @@ One process (``python -m selftrain run``) needs nothing from accelerate: the stu
 process builds the same :class:`Runtime`; training goes through accelerate's DDP or FSDP2
 (:meth:`Runtime.prepare`), sampling and evaluation split the questions (:meth:`shard`) and
 hand every record to every process (:meth:`gather_batches`), and only rank 0 writes the run
-directory.
+directory (:meth:`collect`, :meth:`resume`).
 """
 
 from __future__ import annotations
@@ -15,11 +15,14 @@ import contextlib
 import datetime
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
+
+if TYPE_CHECKING:
+    from selftrain.tasks.base import Example
 
 T = TypeVar("T")
 
@@ -179,6 +182,26 @@ class Runtime:
                     writer.write_many(records)
                 progress.advance(len(records))
                 yield records
+
+    def resume(
+        self,
+        examples: Sequence[Example],
+        out: Path | None,
+        label: str,
+        make: Callable[[list[Example]], Iterable[list[dict]]],
+    ) -> list[dict]:
+        """The record of every example (matched by ``id``), in their order. Records already in
+        the JSONL file ``out`` are read back, so a rerun resumes; ``make`` turns this rank's
+        share of the rest into batches of records, which are gathered and appended to ``out`` as
+        they come (:meth:`collect`)."""
+        from selftrain.io import read_jsonl
+
+        done = {r["id"]: r for r in read_jsonl(out)} if out is not None else {}
+        todo = [e for e in examples if e.id not in done]
+        if todo:
+            for records in self.collect(make(self.shard(todo)), out, label, len(todo)):
+                done.update((r["id"], r) for r in records)
+        return [done[e.id] for e in examples]
 
     # ---- training --------------------------------------------------------------------------
     def prepare(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer):

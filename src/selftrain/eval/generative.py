@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from rich.table import Table
@@ -42,11 +42,22 @@ def evaluate(
     appended as it is made and a rerun only decodes the examples not yet in the file. With
     several processes, each decodes and judges every ``world``-th example left, every process
     gets every record, and rank 0 writes them."""
-    runtime = student.runtime
-    done = {r["id"]: r for r in read_jsonl(out)} if out else {}
-    todo = [e for e in examples if e.id not in done]
     by_id = {e.id: e for e in examples}
-    if todo:
+
+    def judged(batch) -> list[dict]:
+        return [
+            {
+                "id": qid,
+                "completion": texts[0],
+                "extracted": task.extract(texts[0]),
+                "gold": by_id[qid].answer,
+                "correct": task.is_correct(texts[0], by_id[qid]),
+                "tokens": lengths[0],
+            }
+            for qid, texts, lengths in batch
+        ]
+
+    def decoded(mine: list[Example]) -> Iterator[list[dict]]:
         params = SamplingParams(
             k=1,
             greedy=True,
@@ -55,32 +66,22 @@ def evaluate(
             calculator=calculator,
             stop=stop,
         )
-        items = [(e.id, student.prompt_ids(task.prompt(e))) for e in runtime.shard(todo)]
+        items = [(e.id, student.prompt_ids(task.prompt(e))) for e in mine]
+        return (judged(b) for b in generate(student, items, params, engine))
 
-        def judged(batch):
-            return [
-                {
-                    "id": qid,
-                    "completion": texts[0],
-                    "extracted": task.extract(texts[0]),
-                    "gold": by_id[qid].answer,
-                    "correct": task.is_correct(texts[0], by_id[qid]),
-                    "tokens": lengths[0],
-                }
-                for qid, texts, lengths in batch
-            ]
+    rows = student.runtime.resume(examples, Path(out) if out else None, label, decoded)
+    tokens = sum(r["tokens"] for r in rows)
+    return {**accuracy_summary(rows), "mean_tokens": round(tokens / max(1, len(rows)), 1)}
 
-        mine = (judged(b) for b in generate(student, items, params, engine))
-        for records in runtime.collect(mine, Path(out) if out else None, label, len(todo)):
-            done.update((r["id"], r) for r in records)
-    rows = [done[e.id] for e in examples]
+
+def accuracy_summary(rows: Sequence[dict]) -> dict:
+    """Accuracy, n and 95% interval of judged records (each with ``correct``)."""
     correct = sum(r["correct"] for r in rows)
     lo, hi = wilson_interval(correct, len(rows))
     return {
         "accuracy": round(correct / max(1, len(rows)), 4),
         "n": len(rows),
         "ci95": [round(lo, 4), round(hi, 4)],
-        "mean_tokens": round(sum(r["tokens"] for r in rows) / max(1, len(rows)), 1),
     }
 
 

@@ -1,10 +1,11 @@
 """``selftrain eval``: accuracy of one model on many benchmark tasks.
 
 Each task is scored either generatively (the model writes its reasoning and an answer, judged
-by ``task.is_correct``; the same :func:`selftrain.eval.generative.evaluate` as the training loop) or,
-for multiple choice and yes/no, by the log-likelihood of each option as evaluation harnesses
-do. Every answer is appended to ``OUT/<task>.jsonl`` as it is made, so a rerun resumes; the
-summary goes to ``OUT/results.json`` and ``OUT/results.md``.
+by ``task.is_correct``; the same :func:`selftrain.eval.generative.evaluate` as the training
+loop) or, for multiple choice and yes/no, by the log-likelihood of each option as evaluation
+harnesses do (:func:`selftrain.eval.loglik.evaluate_loglik`). Every answer is appended to
+``OUT/<task>.<scoring>.jsonl`` as it is made, so a rerun resumes; the summary goes to
+``OUT/results.json`` and ``OUT/results.md``.
 """
 
 from __future__ import annotations
@@ -14,20 +15,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from selftrain.eval.generative import correct_by_id, evaluate, wilson_interval
-from selftrain.io import read_jsonl, write_json_atomic, write_text_atomic
+from selftrain.config import LoraConfig, StudentConfig
+from selftrain.eval.generative import correct_by_id, evaluate
+from selftrain.eval.loglik import evaluate_loglik
+from selftrain.io import write_json_atomic, write_text_atomic
 from selftrain.models import Student
+from selftrain.runtime import Runtime
 from selftrain.stats import compare
 from selftrain.tasks.base import Example
 from selftrain.tasks.benchmark import BenchmarkTask
-from selftrain.training.loop import collate, scorer_of, token_logps
 
 __all__ = [
     "compare_folders",
     "compare_table",
-    "evaluate_loglik",
+    "load_student",
     "markdown_table",
     "run_eval",
     "spread",
@@ -50,80 +51,30 @@ def task_family(name: str) -> str:
     return name.partition(":")[0]
 
 
-@torch.no_grad()
-def evaluate_loglik(
-    student: Student,
-    task: BenchmarkTask,
-    examples: Sequence[Example],
-    *,
-    batch_size: int = 32,
-    out: str | Path | None = None,
-    label: str = "eval",
-) -> dict:
-    """Pick the option whose text is most likely after the question (cloze style: the
-    options are not listed), with log-probabilities divided by the option's length in
-    characters (``acc_norm`` of evaluation harnesses; the raw sum is recorded too). With
-    several processes each scores every ``world``-th question and rank 0 writes."""
-    runtime = student.runtime
-    done = {r["id"]: r for r in read_jsonl(out)} if out else {}
-    todo = [e for e in examples if e.id not in done]
-    scorer = scorer_of(student)
-
-    def scored(chunk: list[Example]) -> list[dict]:
-        seqs, owners = [], []
-        for e in chunk:
-            context = student.prompt_ids(e.question)
-            for i, text in enumerate(task.choice_continuations(e)):
-                seqs.append((context, student.completion_ids(text.strip(), eos=False)))
-                owners.append((e.id, i, len(text.strip())))
-        logps: list[float] = []
-        for b in range(0, len(seqs), batch_size):
-            ids, mask, labels = collate(seqs[b : b + batch_size], student.pad_id, student.device)
-            lp, _ = token_logps(scorer, ids, mask, labels)
-            logps.extend(lp.tolist())
-        records = []
-        for e in chunk:
-            scores = [
-                (logps[j], logps[j] / max(1, n))
-                for j, (qid, _, n) in enumerate(owners)
-                if qid == e.id
-            ]
-            answers = task.choice_answers(e)
-            best = max(range(len(scores)), key=lambda i: scores[i][1])
-            raw = max(range(len(scores)), key=lambda i: scores[i][0])
-            records.append(
-                {
-                    "id": e.id,
-                    "logp": [round(s[0], 4) for s in scores],
-                    "extracted": answers[best],
-                    "gold": e.answer,
-                    "correct": answers[best] == e.answer,
-                    "correct_unnormalised": answers[raw] == e.answer,
-                }
-            )
-        return records
-
-    was_training = student.model.training
-    student.model.eval()
-    try:
-        per_batch = max(1, batch_size // 4)
-        mine = runtime.shard(todo)
-        chunks = (scored(mine[i : i + per_batch]) for i in range(0, len(mine), per_batch))
-        for records in runtime.collect(chunks, Path(out) if out else None, label, len(todo)):
-            done.update((r["id"], r) for r in records)
-    finally:
-        student.model.train(was_training)
-    rows = [done[e.id] for e in examples]
-    correct = sum(r["correct"] for r in rows)
-    lo, hi = wilson_interval(correct, len(rows))
-    return {
-        "accuracy": round(correct / max(1, len(rows)), 4),
-        "n": len(rows),
-        "ci95": [round(lo, 4), round(hi, 4)],
-        "accuracy_unnormalised": round(
-            sum(r["correct_unnormalised"] for r in rows) / max(1, len(rows)), 4
-        ),
-    }
+def load_student(
+    model: str,
+    gguf_file: str | None = None,
+    adapter: Path | None = None,
+    device: str = "auto",
+    autocast_bf16: bool | str = "auto",
+    system_prompt: str | None = None,
+) -> tuple[Student, str]:
+    """The student to evaluate (without LoRA; with a run's checkpoint ``adapter`` on top) and
+    its label: the model's name, plus the checkpoint's run and stage. Under accelerate launch
+    every process loads it and scores a share of the questions."""
+    cfg = StudentConfig(
+        model=model,
+        gguf_file=gguf_file,
+        device=device,
+        autocast_bf16=autocast_bf16,
+        system_prompt=system_prompt,
+        lora=LoraConfig(enabled=False),
+    )
+    student = Student.load(cfg, Runtime.start(device))
+    if adapter is not None:
+        student.apply_checkpoint(adapter)
+    label = Path(model).name + (f"+{adapter.parent.name}-{adapter.name}" if adapter else "")
+    return student, label
 
 
 def run_eval(
@@ -152,15 +103,8 @@ def run_eval(
     student.runtime.barrier()
     for task in tasks:
         examples = spread(task.load(split), limit)
-        mode = scoring
-        if mode == "auto":
-            mode = "loglik" if task.kind in ("choice", "yesno") else "generate"
-        if mode == "loglik" and task.kind not in ("choice", "yesno"):
-            raise ValueError(
-                f"task {task.name} has free-form answers; log-likelihood scoring needs options"
-            )
-        name = task.name.replace(":", "_")
-        out = out_dir / f"{name}.{mode}.jsonl"
+        mode = _scoring_of(task, scoring)
+        out = out_dir / f"{_file_name(task.name)}.{mode}.jsonl"
         start = time.monotonic()
         if mode == "loglik":
             res = evaluate_loglik(
@@ -185,12 +129,7 @@ def run_eval(
             same = task_family(task.name) == task_family(train_task)
             res["domain"] = "in_domain" if same else "out_of_domain"
         results[task.name] = res
-    summary: dict[str, Any] = {"model": model_name, "tasks": results}
-    if train_task:
-        for domain in ("in_domain", "out_of_domain"):
-            accs = [r["accuracy"] for r in results.values() if r.get("domain") == domain]
-            if accs:
-                summary[domain] = {"mean_accuracy": round(sum(accs) / len(accs), 4)}
+    summary = _summary(model_name, results, train_task)
     if compare_to is not None:
         summary["compare"] = {
             "against": str(compare_to),
@@ -199,6 +138,29 @@ def run_eval(
     if student.runtime.is_main:
         write_json_atomic(out_dir / "results.json", summary)
         write_text_atomic(out_dir / "results.md", markdown_table(summary))
+    return summary
+
+
+def _scoring_of(task: BenchmarkTask, scoring: str) -> str:
+    """``generate`` or ``loglik`` for ``task`` (``auto``: log-likelihood where it has options)."""
+    mode = scoring
+    if mode == "auto":
+        mode = "loglik" if task.kind in ("choice", "yesno") else "generate"
+    if mode == "loglik" and task.kind not in ("choice", "yesno"):
+        raise ValueError(
+            f"task {task.name} has free-form answers; log-likelihood scoring needs options"
+        )
+    return mode
+
+
+def _summary(model_name: str, results: dict[str, Any], train_task: str | None) -> dict[str, Any]:
+    """The results of every task, with the mean accuracy in and out of the training domain."""
+    summary: dict[str, Any] = {"model": model_name, "tasks": results}
+    if train_task:
+        for domain in ("in_domain", "out_of_domain"):
+            accs = [r["accuracy"] for r in results.values() if r.get("domain") == domain]
+            if accs:
+                summary[domain] = {"mean_accuracy": round(sum(accs) / len(accs), 4)}
     return summary
 
 

@@ -26,7 +26,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -39,12 +39,16 @@ from selftrain.teachers.base import (
     TeacherError,
 )
 
+if TYPE_CHECKING:
+    from selftrain.config import TeacherConfig
+
 __all__ = ["DEFAULT_BASE_URL", "ApiTeacher", "Secret", "backoff_delay", "parse_retry_after"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUS = frozenset({408, 409, 425, 429})  # and every 5xx
 FATAL_STATUS = frozenset({401, 403, 404})
 PAUSE_STATUS = frozenset({429, 503})  # their Retry-After holds back every request
+MAX_RETRY_AFTER_S = 300.0  # a longer Retry-After is cut to this
 
 
 class Secret:
@@ -100,54 +104,32 @@ class ApiTeacher(Teacher):
 
     def __init__(
         self,
-        model: str,
+        cfg: TeacherConfig,
         *,
-        base_url: str = DEFAULT_BASE_URL,
-        api_key_env: str | None = "OPENAI_API_KEY",
-        temperature: float = 0.0,
-        top_p: float | None = None,
-        max_tokens: int | None = 512,
-        seed: int | None = None,
-        extra_body: dict[str, Any] | None = None,
-        concurrency: int = 8,
-        timeout_s: float = 120.0,
-        max_retries: int = 6,
-        backoff_base_s: float = 1.0,
-        backoff_max_s: float = 60.0,
-        max_retry_after_s: float = 300.0,
-        family: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ):
+        """The server, model, sampling parameters and manners come from ``cfg`` (a recipe's
+        ``teacher`` section); ``transport``, ``sleep``, ``clock`` and ``rng`` are replaceable in
+        tests."""
         super().__init__()
-        if concurrency < 1 or max_retries < 0 or timeout_s <= 0:
+        if cfg.concurrency < 1 or cfg.max_retries < 0 or cfg.timeout_s <= 0:
             raise ValueError("need concurrency >= 1, max_retries >= 0 and timeout_s > 0")
-        self.model = model
-        self.identity = f"api:{model}"
-        self.family = family
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.api_key_env = api_key_env
-        self._key = Secret(os.environ.get(api_key_env, "") if api_key_env else "")
+        self.cfg = cfg
+        self.model = cfg.model or ""
+        self.identity = f"api:{self.model}"
+        self.family = cfg.family
+        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
+        self._key = Secret(os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else "")
         if not self._key and urlsplit(self.url).hostname == "api.openai.com":
             raise TeacherError(
                 f"no API key for {self.url}: set the environment variable "
-                f"{api_key_env or 'OPENAI_API_KEY'} (teacher.api_key_env / --api-key-env)"
+                f"{cfg.api_key_env or 'OPENAI_API_KEY'} (teacher.api_key_env / --api-key-env)"
             )
-        self.temperature = temperature
-        self.top_p = top_p
-        self.max_tokens = max_tokens
-        self.seed = seed
-        self.extra_body = dict(extra_body or {})
-        self.concurrency = concurrency
-        self.timeout_s = timeout_s
-        self.max_retries = max_retries
-        self.backoff_base_s = backoff_base_s
-        self.backoff_max_s = backoff_max_s
-        self.max_retry_after_s = max_retry_after_s
         self._transport = transport
-        self._sleep = sleep  # sleep and clock: replaceable in tests
+        self._sleep = sleep
         self._clock = clock
         self._rng = rng or random.Random()
         self._pause_until = 0.0
@@ -155,14 +137,15 @@ class ApiTeacher(Teacher):
     # ---- what is asked ---------------------------------------------------------------------
     def params(self, sample: int) -> dict[str, Any]:
         """Sampling parameters of sample ``sample`` (sent, and part of the cache key)."""
-        p: dict[str, Any] = {"temperature": self.temperature}
-        if self.top_p is not None:
-            p["top_p"] = self.top_p
-        if self.max_tokens is not None:
-            p["max_tokens"] = self.max_tokens
-        if self.seed is not None:
-            p["seed"] = self.seed + sample
-        p.update(self.extra_body)
+        cfg = self.cfg
+        p: dict[str, Any] = {"temperature": cfg.temperature}
+        if cfg.top_p is not None:
+            p["top_p"] = cfg.top_p
+        if cfg.max_tokens is not None:
+            p["max_tokens"] = cfg.max_tokens
+        if cfg.seed is not None:
+            p["seed"] = cfg.seed + sample
+        p.update(cfg.extra_body)
         return p
 
     def signature(self, request: Request) -> dict[str, Any]:
@@ -188,12 +171,12 @@ class ApiTeacher(Teacher):
         if not requests:
             return
         limits = httpx.Limits(
-            max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+            max_connections=self.cfg.concurrency, max_keepalive_connections=self.cfg.concurrency
         )
         async with httpx.AsyncClient(
-            timeout=httpx.Timeout(self.timeout_s), limits=limits, transport=self._transport
+            timeout=httpx.Timeout(self.cfg.timeout_s), limits=limits, transport=self._transport
         ) as client:
-            slots = asyncio.Semaphore(self.concurrency)
+            slots = asyncio.Semaphore(self.cfg.concurrency)
             tasks = [asyncio.create_task(self._one(client, slots, r)) for r in requests]
             try:
                 for next_done in asyncio.as_completed(tasks):
@@ -208,7 +191,7 @@ class ApiTeacher(Teacher):
     ) -> Completion:
         body = {"model": self.model, "messages": request.messages, **self.params(request.sample)}
         error, attempt = "", 0
-        for attempt in range(self.max_retries + 1):
+        for attempt in range(self.cfg.max_retries + 1):
             if attempt:
                 self.transport.retries += 1
             retry_after = None
@@ -221,7 +204,7 @@ class ApiTeacher(Teacher):
                     resp = await client.post(self.url, json=body, headers=self._headers())
                 except httpx.TimeoutException as e:
                     kind = "timeout"
-                    error = f"timeout after {self.timeout_s:g}s ({type(e).__name__})"
+                    error = f"timeout after {self.cfg.timeout_s:g}s ({type(e).__name__})"
                 except httpx.TransportError as e:  # refused, reset, dropped, body cut short
                     kind = "connection"
                     error = f"connection error ({type(e).__name__}: {self.redact(str(e))})"
@@ -242,17 +225,17 @@ class ApiTeacher(Teacher):
                             return Completion(request, error=error, attempts=attempt + 1)
                         retry_after = parse_retry_after(resp.headers.get("retry-after"))
                         if retry_after is not None:
-                            retry_after = min(retry_after, self.max_retry_after_s)
+                            retry_after = min(retry_after, MAX_RETRY_AFTER_S)
                             if status in PAUSE_STATUS:  # everyone waits, this one included
                                 until = self._clock() + retry_after
                                 self._pause_until = max(self._pause_until, until)
                                 retry_after = 0.0
             self.transport.count_error(kind)
-            if attempt == self.max_retries:
+            if attempt == self.cfg.max_retries:
                 break
             if retry_after is None:
                 retry_after = backoff_delay(
-                    attempt, self.backoff_base_s, self.backoff_max_s, self._rng
+                    attempt, self.cfg.backoff_base_s, self.cfg.backoff_max_s, self._rng
                 )
             if retry_after > 0:
                 await self._sleep(retry_after)
@@ -297,7 +280,7 @@ class ApiTeacher(Teacher):
             hint = "check the base URL and the model name (teacher.base_url, teacher.model)"
         else:
             state = "set" if self._key else "not set"
-            hint = f"check the API key in ${self.api_key_env} ({state})"
+            hint = f"check the API key in ${self.cfg.api_key_env} ({state})"
         return f"HTTP {status} from {where}: {hint}; the server said: {self._snippet(resp)}"
 
     def __repr__(self) -> str:

@@ -24,8 +24,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from rich.table import Table
+
 from selftrain.io import JsonlWriter, read_jsonl
-from selftrain.progress import bar, log
+from selftrain.progress import Bar, bar, log
 from selftrain.tasks.base import Example, Task
 from selftrain.teachers.base import Completion, Request, Teacher
 from selftrain.teachers.cache import TeacherCache, cache_key
@@ -37,7 +39,9 @@ __all__ = [
     "demo_key",
     "kept_demos",
     "run_demos",
+    "run_line",
     "summarize",
+    "summary_table",
 ]
 
 
@@ -142,13 +146,13 @@ def run_demos(
     deterministic teacher), verify each with ``task.is_correct``, append them to ``out``.
 
     Returns the statistics of this teacher on these questions (see :func:`summarize`) with
-    ``run``: what this call did (from cache, asked, failed, requests, retries, errors by kind,
-    seconds, cost of the answers paid for now). Resumable: see the module docstring."""
+    ``requested`` and ``run``: what this call did (to do, from cache, asked, answered, failed,
+    requests, retries, errors by kind, seconds, cost of the answers paid for now). Resumable:
+    see the module docstring."""
     out = Path(out)
     prices = prices or Prices()
     n = 1 if teacher.deterministic else n_per_question
     examples = list({e.id: e for e in examples}.values())
-    by_id = {e.id: e for e in examples}
     wanted = {(teacher.identity, e.id, i) for e in examples for i in range(n)}
     with JsonlWriter(out) as writer:  # opening it first cuts a torn last line
         done = {demo_key(r) for r in read_jsonl(out) if _ok(r)}
@@ -158,68 +162,107 @@ def run_demos(
             for i in range(n)
             if (teacher.identity, e.id, i) not in done
         ]
-        run = {"to_do": len(todo), "from_cache": 0, "asked": 0, "answered": 0, "failed": 0}
-        paid = 0.0
         start = time.monotonic()
         cache = TeacherCache(cache_dir, teacher.identity) if teacher.cacheable else None
         with contextlib.ExitStack() as stack:
             if cache is not None:
                 stack.enter_context(cache)
             b = stack.enter_context(bar(f"demos {teacher.identity}", len(todo), enabled=progress))
-            kept = 0
-
-            def record(c: Completion, key: str | None) -> None:
-                nonlocal kept, paid
-                if c.answered and cache is not None and key is not None and not c.cached:
-                    cache.put(key, _cache_record(teacher, c))  # paid once: on disk first
-                row = _row(teacher, task, by_id[c.request.qid], c, prices)
-                writer.write_many([row])
-                if c.answered:
-                    run["answered"] += 1
-                    kept += bool(row["kept"])
-                    if not c.cached and row["cost"] is not None:
-                        paid += row["cost"]
-                else:
-                    run["failed"] += 1
-                    log.warning("request failed (asked again next run): %s", c.error)
-                b.advance(1)
-                b.note(f"kept {kept}/{run['answered']}, failed {run['failed']}")
-
-            keys: dict[tuple[str, int], str] = {}
-            misses = []
-            for r in todo:
-                key = cache_key(teacher.signature(r)) if cache is not None else None
-                hit = cache.get(key) if cache is not None and key is not None else None
-                if hit is not None:
-                    run["from_cache"] += 1
-                    record(_from_cache(r, hit), key)
-                else:
-                    if key is not None:
-                        keys[r.qid, r.sample] = key
-                    misses.append(r)
-            run["asked"] = len(misses)
-
-            async def ask() -> None:
-                async with contextlib.aclosing(teacher.complete(misses)) as stream:
-                    async for c in stream:
-                        record(c, keys.get((c.request.qid, c.request.sample)))
-
-            if misses:
-                asyncio.run(ask())
+            recorder = _Recorder(teacher, task, examples, prices, writer, cache, b, len(todo))
+            recorder.ask(*recorder.answer_from_cache(todo))
         rows = [r for r in read_jsonl(out) if demo_key(r) in wanted]
-    seconds = time.monotonic() - start
+    return _run_stats(recorder, rows, len(wanted), time.monotonic() - start)
+
+
+class _Recorder:
+    """Writes down each completion of one :func:`run_demos` call as it comes (the cache first,
+    for a paid answer) and counts what the call did."""
+
+    def __init__(
+        self,
+        teacher: Teacher,
+        task: Task,
+        examples: Sequence[Example],
+        prices: Prices,
+        writer: JsonlWriter,
+        cache: TeacherCache | None,
+        progress: Bar,
+        to_do: int,
+    ):
+        self.teacher, self.task, self.prices = teacher, task, prices
+        self.by_id = {e.id: e for e in examples}
+        self.writer, self.cache, self.progress = writer, cache, progress
+        self.run = {"to_do": to_do, "from_cache": 0, "asked": 0, "answered": 0, "failed": 0}
+        self.kept = 0
+        self.paid = 0.0
+
+    def record(self, c: Completion, key: str | None) -> None:
+        cache, run = self.cache, self.run
+        if c.answered and cache is not None and key is not None and not c.cached:
+            cache.put(key, _cache_record(self.teacher, c))  # paid once: on disk first
+        row = _row(self.teacher, self.task, self.by_id[c.request.qid], c, self.prices)
+        self.writer.write_many([row])
+        if c.answered:
+            run["answered"] += 1
+            self.kept += bool(row["kept"])
+            if not c.cached and row["cost"] is not None:
+                self.paid += row["cost"]
+        else:
+            run["failed"] += 1
+            log.warning("request failed (asked again next run): %s", c.error)
+        self.progress.advance(1)
+        self.progress.note(f"kept {self.kept}/{run['answered']}, failed {run['failed']}")
+
+    def answer_from_cache(
+        self, todo: list[Request]
+    ) -> tuple[list[Request], dict[tuple[str, int], str]]:
+        """Record the requests the cache answers; the others, and their cache keys."""
+        cache = self.cache
+        keys: dict[tuple[str, int], str] = {}
+        misses = []
+        for r in todo:
+            key = cache_key(self.teacher.signature(r)) if cache is not None else None
+            hit = cache.get(key) if cache is not None and key is not None else None
+            if hit is not None:
+                self.run["from_cache"] += 1
+                self.record(_from_cache(r, hit), key)
+            else:
+                if key is not None:
+                    keys[r.qid, r.sample] = key
+                misses.append(r)
+        self.run["asked"] = len(misses)
+        return misses, keys
+
+    def ask(self, misses: list[Request], keys: dict[tuple[str, int], str]) -> None:
+        """Ask the teacher for ``misses``, recording each completion as it arrives."""
+
+        async def ask() -> None:
+            async with contextlib.aclosing(self.teacher.complete(misses)) as stream:
+                async for c in stream:
+                    self.record(c, keys.get((c.request.qid, c.request.sample)))
+
+        if misses:
+            asyncio.run(ask())
+
+
+def _run_stats(
+    recorder: _Recorder, rows: list[dict[str, Any]], requested: int, seconds: float
+) -> dict[str, Any]:
+    """:func:`run_demos`'s result: the teacher's statistics on ``rows`` and what the run did."""
+    teacher = recorder.teacher
     stats = summarize(rows)
     mine = next((s for s in stats if s["teacher"] == teacher.identity), None) or _empty(teacher)
+    run = recorder.run
     run.update(teacher.transport.as_dict())
     run["seconds"] = round(seconds, 2)
-    run["cost_paid"] = round(paid, 6) if prices.cost(0, 0) is not None else None
-    mine["requested"] = len(wanted)
+    run["cost_paid"] = round(recorder.paid, 6) if recorder.prices.cost(0, 0) is not None else None
+    mine["requested"] = requested
     mine["run"] = run
     log.info(
         "demos %s: %d/%d answered, %d kept, %d failed (%d from cache, %d asked, %.1fs)",
         teacher.identity,
         mine["demos"],
-        len(wanted),
+        requested,
         mine["kept"],
         mine["failed"],
         run["from_cache"],
@@ -227,6 +270,50 @@ def run_demos(
         seconds,
     )
     return mine
+
+
+def summary_table(stats: list[dict[str, Any]], out: Path) -> Table:
+    """:func:`summarize`'s statistics of the demos file ``out`` as a rich table."""
+    table = Table(
+        "teacher",
+        "family",
+        "questions",
+        "demos",
+        "kept",
+        "kept %",
+        "q. with kept",
+        "tokens in",
+        "tokens out",
+        "cost $",
+        "failed",
+        title=str(out),
+    )
+    for s in stats:
+        table.add_row(
+            s["teacher"],
+            s["family"] or "-",
+            str(s["questions"]),
+            str(s["demos"]),
+            str(s["kept"]),
+            f"{100 * s['kept_fraction']:.1f}",
+            str(s["questions_with_kept"]),
+            f"{s['prompt_tokens']:,}",
+            f"{s['completion_tokens']:,}",
+            "-" if s["cost"] is None else f"{s['cost']:.4f}",
+            str(s["failed"]),
+        )
+    return table
+
+
+def run_line(identity: str, run: dict[str, Any]) -> str:
+    """One line on what a :func:`run_demos` call did (its statistics' ``run``)."""
+    error_counts = ", ".join(f"{k} {v}" for k, v in sorted(run["errors"].items())) or "none"
+    paid = f", paid now ${run['cost_paid']:.4f}" if run["cost_paid"] is not None else ""
+    return (
+        f"this run ({identity}): {run['to_do']} to do, {run['from_cache']} from the cache, "
+        f"{run['asked']} asked, {run['requests']} HTTP requests, {run['retries']} retries "
+        f"(errors: {error_counts}), {run['seconds']:.1f}s{paid}"
+    )
 
 
 def _empty(teacher: Teacher) -> dict[str, Any]:

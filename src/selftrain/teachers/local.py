@@ -10,6 +10,7 @@ from selftrain.tasks.base import Task
 from selftrain.teachers.base import Completion, Request, Teacher, TeacherError
 
 if TYPE_CHECKING:
+    from selftrain.config import TeacherConfig
     from selftrain.models import Student
 
 __all__ = ["GoldTeacher", "HFTeacher", "SolverTeacher"]
@@ -51,49 +52,40 @@ class HFTeacher(Teacher):
 
     def __init__(
         self,
-        model: str,
+        cfg: TeacherConfig,
         *,
-        temperature: float = 0.0,
-        top_p: float | None = None,
-        max_tokens: int = 512,
-        batch_size: int = 32,
         seed: int = 0,
         stop: str | None = None,
-        family: str | None = None,
         gguf_file: str | None = None,
         calculator: bool = True,
     ):
+        """Model, sampling parameters and batch size come from ``cfg`` (a recipe's ``teacher``
+        section); ``seed`` is used where ``cfg.seed`` is None, ``stop`` ends a completion at a
+        match, and ``calculator`` fills in <<expr= annotations as the student's decoding does."""
         super().__init__()
-        self.model = model
-        self.calculator = calculator  # fill in <<expr= annotations as the student's decoding does
-        self.gguf_file = gguf_file
-        self.identity = f"hf:{model}"
-        self.family = family
-        self.temperature = temperature
-        self.top_p = top_p
-        self.max_tokens = max_tokens
-        self.batch_size = batch_size
-        self.seed = seed
+        self.cfg = cfg
+        self.identity = f"hf:{cfg.model or ''}"
+        self.family = cfg.family
+        self.max_tokens = cfg.max_tokens or 512
+        self.seed = cfg.seed if cfg.seed is not None else seed
         self.stop = stop
+        self.gguf_file = gguf_file
+        self.calculator = calculator
         self._student: Student | None = None
-        self._system: str | None = None
 
-    def _load(self, system: str | None) -> Student:
-        if self._student is None or system != self._system:
+    def _load(self) -> Student:
+        """The model, loaded on first use (without LoRA; the system prompt is per call)."""
+        if self._student is None:
             from selftrain.config import LoraConfig, StudentConfig
             from selftrain.models import Student
 
             cfg = StudentConfig(
-                model=self.model,
+                model=self.cfg.model or "",
                 gguf_file=self.gguf_file,
-                system_prompt=system,
+                system_prompt=None,
                 lora=LoraConfig(enabled=False),
             )
-            if self._student is None:
-                self._student = Student.load(cfg)
-            else:  # same weights, another system prompt
-                self._student.cfg = cfg
-            self._system = system
+            self._student = Student.load(cfg)
         return self._student
 
     async def complete(self, requests: Sequence[Request]) -> AsyncIterator[Completion]:
@@ -109,20 +101,21 @@ class HFTeacher(Teacher):
             chats.setdefault(user, []).append(r)
         if len(systems) > 1:
             raise TeacherError("a local teacher takes one system prompt per call")
-        student = self._load(systems.pop())
+        system = systems.pop()
+        student = self._load()
         k = max(len(rs) for rs in chats.values())
         params = SamplingParams(
             k=k,
-            greedy=self.temperature == 0,
-            temperature=self.temperature or 1.0,
-            top_p=self.top_p or 1.0,
+            greedy=self.cfg.temperature == 0,
+            temperature=self.cfg.temperature or 1.0,
+            top_p=self.cfg.top_p or 1.0,
             max_new_tokens=self.max_tokens,
-            batch_size=max(self.batch_size, k),
+            batch_size=max(self.cfg.batch_size, k),
             seed=self.seed,
             stop=self.stop,
             calculator=self.calculator,
         )
-        items = [(user, student.prompt_ids(user)) for user in chats]
+        items = [(user, student.chat_ids(user, system)) for user in chats]
         lengths = {user: len(ids) for user, ids in items}
         for batch in generate(student, items, params):
             for user, texts, counts in batch:
