@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from selftrain.verify.numbers import extract_number, is_correct_number, numbers_equal
+from selftrain.verify.numbers import extract_number, is_correct_number, number_matches
 
 
 @pytest.mark.parametrize(
@@ -71,13 +71,13 @@ def test_hashes_beat_other_markers_and_annotations() -> None:
         ("nan", "nan", False),
     ],
 )
-def test_numbers_equal(a: str, b: str, expected: bool) -> None:
-    assert numbers_equal(a, b) is expected
+def test_number_matches_absolute(a: str, b: str, expected: bool) -> None:
+    assert number_matches(a, b, rel_tol=0.0) is expected
 
 
-def test_numbers_equal_tolerance() -> None:
-    assert numbers_equal("1.05", "1", tol=0.1)
-    assert not numbers_equal("1.05", "1", tol=0.01)
+def test_number_matches_absolute_tolerance() -> None:
+    assert number_matches("1.05", "1", abs_tol=0.1, rel_tol=0.0)
+    assert not number_matches("1.05", "1", abs_tol=0.01, rel_tol=0.0)
 
 
 def test_is_correct_number() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from fractions import Fraction
@@ -130,7 +131,7 @@ def test_reproducible() -> None:
     small, large = ArithmeticTask(n_train=10), ArithmeticTask(n_train=100)
     for split in TEST_SPLITS:
         assert small.load(split) == large.load(split)
-    rebuilt = ArithmeticTask(**small.config())
+    rebuilt = dataclasses.replace(small)
     assert _dump(rebuilt) == _dump(small)
 
 

@@ -11,6 +11,11 @@ from typing import Any
 
 import pytest
 
+from selftrain.tasks import benchmark, get, names
+from selftrain.tasks.base import Example
+from selftrain.tasks.choice import ChoiceTask
+from selftrain.tasks.data import DataError, data_dir
+from selftrain.tasks.mmlu import MMLU_GROUPS, MMLU_SUBJECTS, mmlu_subjects
 from selftrain.verify.choices import (
     extract_choice_letter,
     extract_yes_no,
@@ -19,10 +24,6 @@ from selftrain.verify.choices import (
     match_choice_text,
     normalise_option,
 )
-from selftrain.tasks import benchmark, get, names
-from selftrain.tasks.base import Example
-from selftrain.tasks.choice import MMLU_GROUPS, MMLU_SUBJECTS, ChoiceTask, mmlu_subjects
-from selftrain.tasks.data import DataError, data_dir
 
 # Sizes from SOURCES.md (PIQA: valid.jsonl + valid-labels.lst; CSQA: dev is "validation").
 SIZES = {
@@ -198,12 +199,6 @@ def test_option_texts_parsed(loaded: dict[str, Any]) -> None:
         "Go home and see Riley",
         "Find somewhere to go",
     ]
-
-
-def test_csqa_class_balanced(loaded: dict[str, Any]) -> None:
-    picked = loaded["csqa"].class_balanced("train", 4000)
-    assert len(picked) == 4000 and len({ex.id for ex in picked}) == 4000
-    assert Counter(ex.answer for ex in picked) == dict.fromkeys("ABCDE", 800)
 
 
 def test_prompt_and_loglikelihood_helpers(loaded: dict[str, Any]) -> None:

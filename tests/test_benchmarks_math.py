@@ -15,16 +15,15 @@ import pytest
 
 from selftrain.tasks import competition_math, get, names
 from selftrain.tasks.base import Example
-from selftrain.tasks.competition_math import (
-    MATH_SUBJECTS,
-    MathTask,
+from selftrain.tasks.competition_math import MATH_SUBJECTS, MathTask
+from selftrain.tasks.data import DataError, data_dir
+from selftrain.verify.math import (
     answers_match,
     brace_fractions,
     extract_answer,
     last_boxed,
     normalise_answer,
 )
-from selftrain.tasks.data import DataError, data_dir
 
 # Sizes from SOURCES.md; two train solutions box nothing (``\boxed{}``) and are skipped.
 MATH_TRAIN_RECORDS = 7500
@@ -112,7 +111,7 @@ def test_registered_names_and_subsets() -> None:
     assert set(MATH_SUBJECTS) == set(TEST_BY_SUBJECT)
     task = get("math")
     assert task.kind == "math" and task.splits() == ["train", "test"]
-    assert task.describe()["subset"] is None
+    assert task.subset is None
 
 
 def test_unknown_subset_lists_the_valid_ones() -> None:

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from selftrain.verify.numbers import canonical_number, number_matches, parse_number
 from selftrain.tasks import benchmark, get
 from selftrain.tasks.base import Example
 from selftrain.tasks.data import DataError, data_dir
 from selftrain.tasks.math_word import NumberTask, asdiv_gold
+from selftrain.verify.numbers import canonical_number, number_matches, parse_number
 
 # Sizes from SOURCES.md. ASDiv has 2,215 records, of which 76 have non-numeric answers.
 SIZES = {

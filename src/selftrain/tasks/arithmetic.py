@@ -8,21 +8,24 @@ Splits: ``train``, ``validation`` and ``in_domain`` share pool A (names, items, 
 operand range ``[min_number, max_number]``; ``out_of_domain`` uses a disjoint pool B and
 starting values / add-sub operands in ``(max_number, ood_max_number]``; ``longer`` uses pool A
 with ``max_steps + 1 .. max_steps + longer_extra`` steps. Multiplication factors and divisors
-are always small (``2..max_factor``). No question text appears in two splits.
+are always small (``2..max_factor``). No question text appears in two splits. The pools'
+vocabulary is data: ``arithmetic_pools.json`` beside this module.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, ClassVar
 
-from selftrain.verify.numbers import extract_number, is_correct_number
 from selftrain.tasks.base import Example
+from selftrain.verify.numbers import extract_number, is_correct_number
 
-__all__ = ["OPS", "SPLITS", "ArithmeticTask"]
+__all__ = ["OPS", "POOL_A", "POOL_B", "SPLITS", "ArithmeticTask"]
 
 OPS = ("add", "sub", "mul", "div")
 SPLITS = ("train", "validation", "in_domain", "out_of_domain", "longer")
@@ -57,111 +60,21 @@ class _Pool:
     steps: Mapping[str, tuple[_Step, ...]]
 
 
-def _split(words: str) -> tuple[str, ...]:
-    return tuple(w.strip() for w in words.split(","))
+def _pool(data: dict[str, Any]) -> _Pool:
+    """A pool from its entry in ``arithmetic_pools.json``."""
+    steps = {
+        op: tuple(_Step(s["text"], s["lead"], tuple(s.get("only", ()))) for s in phrasings)
+        for op, phrasings in data["steps"].items()
+    }
+    lists = ("names", "items", "setups", "questions", "connectors")
+    return _Pool(**{key: tuple(data[key]) for key in lists}, steps=steps)
 
 
-POOL_A = _Pool(
-    names=_split(
-        "Mia, Leo, Ava, Noah, Emma, Liam, Zoe, Max, Lily, Sam, Ella, Ben, Ruby, Jack, "
-        "Nora, Omar, Ivy, Eli, Maya, Tom"
-    ),
-    items=_split(
-        "apples, pencils, marbles, stickers, cookies, books, cards, shells, balloons, "
-        "crayons, buttons, candies, oranges, cupcakes, stamps, toy cars, beads, erasers"
-    ),
-    setups=(
-        "{name} has {n} {item}.",
-        "{name} starts with {n} {item}.",
-        "{name} owns {n} {item}.",
-    ),
-    questions=(
-        "How many {item} does {name} have now?",
-        "How many {item} does {name} have in the end?",
-        "How many {item} does {name} end up with?",
-    ),
-    connectors=("", "Then ", "Next, "),
-    steps={
-        "add": (
-            _Step("{name} buys {n} more {item}.", "After buying"),
-            _Step("{name} finds {n} more {item}.", "After finding more"),
-            _Step("A friend gives {name} {n} {item}.", "After the gift"),
-            _Step("{name} wins {n} {item} at a fair.", "After winning"),
-        ),
-        "sub": (
-            _Step("{name} gives {n} {item} to a friend.", "After giving some away"),
-            _Step("{name} loses {n} {item}.", "After losing some"),
-            _Step("{name} sells {n} {item}.", "After selling"),
-            _Step("{name} trades away {n} {item}.", "After trading"),
-        ),
-        "mul": (
-            _Step("{name} doubles the number of {item}.", "After doubling", (2,)),
-            _Step("{name} triples the number of {item}.", "After tripling", (3,)),
-            _Step("{name} ends up with {n} times as many {item}.", "With {n} times as many"),
-            _Step("Each of the {item} is swapped for {n} new ones.", "After swapping"),
-        ),
-        "div": (
-            _Step("{name} gives away half of the {item}.", "After giving half away", (2,)),
-            _Step("{name} keeps only a third of the {item}.", "Keeping a third", (3,)),
-            _Step("{name} keeps only a quarter of the {item}.", "Keeping a quarter", (4,)),
-            _Step("{name} splits the {item} into {n} equal piles, keeping one.", "After splitting"),
-            _Step(
-                "{name} shares the {item} equally with {m} friends.",
-                "Sharing among {n} people",
-                (3, 4, 5, 6, 7, 8, 9),
-            ),
-        ),
-    },
+_POOLS = json.loads(
+    resources.files("selftrain.tasks").joinpath("arithmetic_pools.json").read_text("utf-8")
 )
-
-POOL_B = _Pool(
-    names=_split(
-        "Priya, Kenji, Fatima, Mateo, Ingrid, Kwame, Dmitri, Aisha, Tariq, Beatriz, "
-        "Hiroshi, Olga, Rafael, Amara, Lars, Mei, Yusuf, Camila"
-    ),
-    items=_split(
-        "liters of juice, kilograms of rice, meters of rope, jars of honey, "
-        "bottles of water, packets of seeds, gallons of milk, bags of flour, bricks, "
-        "feathers, tickets, tiles"
-    ),
-    setups=(
-        "At first, {name} stores {n} {item}.",
-        "{name} begins the week with {n} {item}.",
-        "In the morning, {name} holds {n} {item}.",
-    ),
-    questions=(
-        "What is {name}'s final count of {item}?",
-        "How many {item} remain with {name} at the end?",
-        "Find how many {item} {name} holds after all of this.",
-    ),
-    connectors=("Afterwards, ", "Later that day, ", "After that, "),
-    steps={
-        "add": (
-            _Step("A delivery brings {name} another {n} {item}.", "With the delivery"),
-            _Step("{name} receives {n} extra {item} from a neighbor.", "After receiving"),
-            _Step("{name} collects {n} additional {item}.", "After collecting"),
-        ),
-        "sub": (
-            _Step("{name} donates {n} {item} to charity.", "After donating"),
-            _Step("A storm ruins {n} of the {item}.", "After the storm"),
-            _Step("{name} uses up {n} {item} on a project.", "After using some"),
-        ),
-        "mul": (
-            _Step("A lucky deal leaves {name} with {n} times the {item}.", "After the deal"),
-            _Step("{name}'s stock grows {n}-fold.", "After the growth"),
-        ),
-        "div": (
-            _Step(
-                "{name} packs the {item} into {n} equal crates and ships all but one.",
-                "Keeping one crate",
-            ),
-            _Step(
-                "{name} divides the {item} evenly among {n} teams, keeping one part.",
-                "After dividing",
-            ),
-        ),
-    },
-)
+POOL_A = _pool(_POOLS["A"])  # train, validation, in_domain, longer
+POOL_B = _pool(_POOLS["B"])  # out_of_domain
 
 
 def _derived_seed(seed: int, split: str) -> int:
@@ -174,94 +87,64 @@ def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
+@dataclass(eq=False, kw_only=True)
 class ArithmeticTask:
-    """Seeded, generated multi-step arithmetic word problems with GSM8K-style rationales."""
+    """Seeded, generated multi-step arithmetic word problems with GSM8K-style rationales.
 
-    name = "arithmetic"
-    kind = "number"
-    test_split = "in_domain"
-    stop_regex = r"#### *-?\d+\n"
+    The fields configure the generator; splits are built lazily on first :meth:`load`.
+    """
 
-    def max_new_tokens(self) -> int:
-        """Decoding budget: the longest gold rationale is well under 128 tokens."""
-        return 128
+    name: ClassVar[str] = "arithmetic"
+    kind: ClassVar[str] = "number"
+    test_split: ClassVar[str] = "in_domain"
+    stop_regex: ClassVar[str] = r"#### *-?\d+\n"
 
-    def __init__(
-        self,
-        *,
-        seed: int = 0,
-        n_train: int = 2000,
-        n_validation: int = 200,
-        n_test: int = 300,
-        min_steps: int = 2,
-        max_steps: int = 4,
-        min_number: int = 2,
-        max_number: int = 30,
-        ood_max_number: int = 60,
-        max_factor: int = 5,
-        max_result: int = 999,
-        longer_extra: int = 2,
-        op_weights: Mapping[str, float] | None = None,
-    ) -> None:
-        """Configure the generator; splits are built lazily on first :meth:`load`.
+    seed: int = 0
+    # Split sizes: each of in_domain, out_of_domain and longer has n_test problems.
+    n_train: int = 2000
+    n_validation: int = 200
+    n_test: int = 300
+    # Steps per problem; ``longer`` has max_steps+1 .. max_steps+longer_extra steps.
+    min_steps: int = 2
+    max_steps: int = 4
+    longer_extra: int = 2
+    # Start values and add/sub operands: min_number..max_number in domain,
+    # max_number+1..ood_max_number out of domain.
+    min_number: int = 2
+    max_number: int = 30
+    ood_max_number: int = 60
+    # Largest multiplier/divisor, and the cap on every intermediate value.
+    max_factor: int = 5
+    max_result: int = 999
+    # Relative frequency of add/sub/mul/div (infeasible ops are skipped); None: 0.3/0.3/0.2/0.2.
+    op_weights: Mapping[str, float] | None = None
+    sizes: dict[str, int] = field(init=False, repr=False)  # split -> number of problems
+    _cache: dict[str, list[Example]] | None = field(init=False, default=None, repr=False)
 
-        ``min_number..max_number``: start values and add/sub operands (in-domain);
-        ``max_number+1..ood_max_number``: the same for ``out_of_domain``;
-        ``max_factor``: largest multiplier/divisor; ``max_result``: cap on every intermediate
-        value; ``longer_extra``: ``longer`` has ``max_steps+1..max_steps+longer_extra`` steps;
-        ``op_weights``: relative frequency of add/sub/mul/div (infeasible ops are skipped).
-        """
-        weights = dict(_DEFAULT_WEIGHTS if op_weights is None else op_weights)
+    def __post_init__(self) -> None:
+        """Check the settings; fill in ``op_weights`` (one float per op) and ``sizes``."""
+        weights = dict(_DEFAULT_WEIGHTS if self.op_weights is None else self.op_weights)
         if set(weights) - set(OPS) or any(w < 0 for w in weights.values()):
             raise ValueError(f"op_weights must map a subset of {OPS} to non-negative weights")
         if not any(weights.values()):
             raise ValueError("op_weights needs at least one positive weight")
-        if min(n_train, n_validation, n_test) < 0:
+        if min(self.n_train, self.n_validation, self.n_test) < 0:
             raise ValueError("split sizes must be non-negative")
-        if not 1 <= min_steps <= max_steps:
+        if not 1 <= self.min_steps <= self.max_steps:
             raise ValueError("need 1 <= min_steps <= max_steps")
-        if not 1 <= min_number <= max_number < ood_max_number:
+        if not 1 <= self.min_number <= self.max_number < self.ood_max_number:
             raise ValueError("need 1 <= min_number <= max_number < ood_max_number")
-        if max_factor < 2 or longer_extra < 1:
+        if self.max_factor < 2 or self.longer_extra < 1:
             raise ValueError("need max_factor >= 2 and longer_extra >= 1")
-        if max_result < 2 * ood_max_number + 2:
+        if self.max_result < 2 * self.ood_max_number + 2:
             raise ValueError("max_result is too small for ood_max_number")
-        self.seed = seed
-        self.sizes = {
-            "train": n_train,
-            "validation": n_validation,
-            "in_domain": n_test,
-            "out_of_domain": n_test,
-            "longer": n_test,
-        }
-        self.min_steps = min_steps
-        self.max_steps = max_steps
-        self.min_number = min_number
-        self.max_number = max_number
-        self.ood_max_number = ood_max_number
-        self.max_factor = max_factor
-        self.max_result = max_result
-        self.longer_extra = longer_extra
         self.op_weights = {op: float(weights.get(op, 0.0)) for op in OPS}
-        self._cache: dict[str, list[Example]] | None = None
+        tests = dict.fromkeys(("in_domain", "out_of_domain", "longer"), self.n_test)
+        self.sizes = {"train": self.n_train, "validation": self.n_validation, **tests}
 
-    def config(self) -> dict[str, Any]:
-        """Constructor keyword arguments reproducing this task (for logging a recipe)."""
-        return {
-            "seed": self.seed,
-            "n_train": self.sizes["train"],
-            "n_validation": self.sizes["validation"],
-            "n_test": self.sizes["in_domain"],
-            "min_steps": self.min_steps,
-            "max_steps": self.max_steps,
-            "min_number": self.min_number,
-            "max_number": self.max_number,
-            "ood_max_number": self.ood_max_number,
-            "max_factor": self.max_factor,
-            "max_result": self.max_result,
-            "longer_extra": self.longer_extra,
-            "op_weights": dict(self.op_weights),
-        }
+    def max_new_tokens(self) -> int:
+        """Decoding budget: the longest gold rationale is well under 128 tokens."""
+        return 128
 
     # -- Task protocol -------------------------------------------------------------------
 

@@ -3,9 +3,9 @@
 A benchmark subclass says where its splits live (``files``: split -> relative path under the
 data directory; ``hub_name``/``hub_config``/``hub_splits`` for the Hugging Face hub) and turns
 raw records into :class:`Example` objects (``read_split`` for our files, ``parse_hub`` for one
-hub row). This base
-class does the rest: caching, ``n`` limits, prompts (chain of thought, direct, few-shot),
-SRIT's class-balanced sample, and the gold answer written as a model would write it.
+hub row). This base class does the rest: caching, ``n`` limits, prompts (chain of thought,
+direct, few-shot), the gold answer written as a model would write it, and the continuations
+scored by log-likelihood for multiple choice.
 
 Kinds of answer:
 - ``number``: ``answer`` is a canonical number string; judged with a tolerance.
@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from selftrain.tasks.base import Example
 from selftrain.tasks.data import DataError, data_dir, load_hub
 
-__all__ = ["PROMPT_STYLES", "BenchmarkTask", "letters"]
+__all__ = ["COT_TRIGGER", "PROMPT_STYLES", "BenchmarkTask", "letters"]
 
 PROMPT_STYLES = ("cot", "direct", "fewshot")
 COT_TRIGGER = "Let's think step by step."
@@ -120,24 +120,6 @@ class BenchmarkTask:
         """Number of examples in each split."""
         return {split: len(self.load(split)) for split in self.splits()}
 
-    def class_balanced(self, split: str, n: int = 4000, seed: int | None = None) -> list[Example]:
-        """Up to ``n`` examples of ``split`` with the gold answers as evenly spread as the
-        data allows (SRIT trains on 4,000 class-balanced examples per QA task)."""
-        rng = random.Random(self.seed if seed is None else seed)
-        groups: dict[str, list[Example]] = {}
-        for ex in self.load(split):
-            groups.setdefault(ex.answer, []).append(ex)
-        for members in groups.values():
-            rng.shuffle(members)
-        picked: list[Example] = []
-        queues = [groups[k] for k in sorted(groups)]
-        while len(picked) < n and any(queues):
-            for q in queues:
-                if q and len(picked) < n:
-                    picked.append(q.pop())
-        rng.shuffle(picked)
-        return picked
-
     # -- prompting -----------------------------------------------------------------------
 
     def body(self, example: Example) -> str:
@@ -228,7 +210,3 @@ class BenchmarkTask:
         if self.style == "direct":
             return 32
         return 512 if self.kind == "math" else 256
-
-    def describe(self) -> dict[str, Any]:
-        """Name, kind, source and splits (for ``selftrain tasks``)."""
-        return {"name": self.name, "kind": self.kind, "source": self.source}

@@ -35,7 +35,6 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar
 
-from selftrain.verify.numbers import canonical_number, extract_number, number_matches
 from selftrain.tasks import benchmark, register
 from selftrain.tasks.base import Example
 from selftrain.tasks.benchmark import BenchmarkTask
@@ -46,6 +45,7 @@ from selftrain.tasks.data import (
     read_jsonl_records,
     require_file,
 )
+from selftrain.verify.numbers import canonical_number, extract_number, number_matches
 
 __all__ = [
     "AddSubTask",

@@ -18,7 +18,6 @@ __all__ = [
     "extract_number",
     "is_correct_number",
     "number_matches",
-    "numbers_equal",
     "parse_number",
 ]
 
@@ -137,22 +136,15 @@ def canonical_number(value: str | int | float) -> str | None:
     return _normalise(match) if match else None
 
 
-def numbers_equal(a: str, b: str, tol: float = 1e-4) -> bool:
-    """True if both strings are numbers (commas/currency allowed) within ``tol`` of each other."""
-    x, y = parse_number(a), parse_number(b)
-    if x is None or y is None:
-        return False
-    return abs(x - y) <= Fraction(repr(tol))
-
-
 def number_matches(
     predicted: str, gold: str, *, abs_tol: float = 1e-4, rel_tol: float = 1e-6
 ) -> bool:
-    """Whether a predicted number matches a gold number.
+    """Whether a predicted number matches a gold number: the one rule for comparing numbers.
 
-    Integers must match exactly (so an answer off by one is wrong at any magnitude). Otherwise
-    the difference may be up to ``max(abs_tol, rel_tol * |gold|)``: "0.3333" matches a gold
-    0.3333333333333333 and "1/3" matches it exactly, but "0.33" does not."""
+    Both must be single numbers (:func:`parse_number`). Integers must match exactly (so an
+    answer off by one is wrong at any magnitude). Otherwise the difference may be up to
+    ``max(abs_tol, rel_tol * |gold|)``: "0.3333" matches a gold 0.3333333333333333 and "1/3"
+    matches it exactly, but "0.33" does not. ``rel_tol=0`` gives a plain absolute tolerance."""
     x, y = parse_number(predicted), parse_number(gold)
     if x is None or y is None:
         return False
@@ -164,6 +156,7 @@ def number_matches(
 
 
 def is_correct_number(completion: str, gold: str) -> bool:
-    """True if the number extracted from ``completion`` equals the gold answer."""
+    """True if the number extracted from ``completion`` is within 1e-4 of the gold answer
+    (:func:`number_matches` with no relative tolerance)."""
     predicted = extract_number(completion)
-    return predicted is not None and numbers_equal(predicted, gold)
+    return predicted is not None and number_matches(predicted, gold, rel_tol=0.0)
