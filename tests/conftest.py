@@ -1,13 +1,24 @@
 """Shared fixtures: a tiny random Llama with SmolLM2's real tokenizer, saved as a local folder
-(no hub), so tests exercise the real chat template, BOS/EOS and pad == eos."""
+(no hub), so tests exercise the real chat template, BOS/EOS and pad == eos. Every test under
+tests/e2e is marked ``e2e``, so ``pytest -m "not e2e and not llama_server"`` runs the fast
+unit tests alone."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+E2E = Path(__file__).parent / "e2e"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if E2E in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")

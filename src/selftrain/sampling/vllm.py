@@ -24,8 +24,8 @@ its share of the questions. The calculator works in rounds: a request stops afte
 that can open a result (``=``), the forced result is appended and the sequence is submitted
 again (the prefix cache keeps that cheap); a stop pattern is applied to the finished tokens.
 
-vLLM does not install on the machines this was written on: tests/test_vllm_engine.py runs this
-code against a fake ``vllm`` package with the current call signatures (tests/fakevllm/).
+vLLM does not install on the machines this was written on: tests/e2e/test_vllm_engine.py runs this
+code against a fake ``vllm`` package with the current call signatures (tests/e2e/fakevllm/).
 """
 
 from __future__ import annotations

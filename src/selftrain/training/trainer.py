@@ -5,7 +5,7 @@ all processes. Each process takes every ``world``-th example of it and runs them
 micro-batches of ``micro_batch_size``, accumulating gradients. Every micro-batch's summed loss
 is scaled by ``world / norm`` (``norm``: the effective batch's token or pair count), and DDP
 and FSDP average gradients over processes, so the gradient is the large batch's whatever the
-split (tests/test_distributed.py holds it to 1e-5 against one process).
+split (tests/e2e/test_distributed.py holds it to 1e-5 against one process).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What tests/test_distributed.py runs in every process of ``accelerate launch`` (and, for the
+"""What tests/e2e/test_distributed.py runs in every process of ``accelerate launch`` (and, for the
 one-process references, in the test process itself).
 
   python distributed_worker.py train OUT TINY_DIR   # SFT and DPO steps; rank 0 saves OUT

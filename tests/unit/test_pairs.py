@@ -1,10 +1,22 @@
-"""Tests for turning verified samples into DPO preference pairs."""
+"""Judged samples into preference pairs and SFT data: SRIT's pairs and RFT paths, DPO-ST's
+similarity-deduplicated pools, least-similar pairs and pseudo-label caps."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from selftrain.stages.pairs import correct_vs_wrong, cot_vs_direct
+from selftrain.stages.pairs import (
+    correct_vs_wrong,
+    cot_vs_direct,
+    dedup_similar,
+    dpo_st_pairs,
+    jaccard,
+    least_similar_pairs,
+    word_tokens,
+)
+from selftrain.stages.pseudo_labels import pseudo_label_pools
 
 
 def _p(text: str, correct: bool) -> dict:
@@ -252,3 +264,72 @@ def test_rft_paths_keep_distinct_correct_paths_fewer_for_easy_questions():
     assert rft_paths(samples, per_question=2, per_easy_question=0) == [
         r for r in rft_paths(samples, per_question=2, per_easy_question=0) if not r["easy"]
     ]
+
+
+# ---- similarity, dedup, pairs, caps -------------------------------------------------------------
+
+
+def test_jaccard_of_token_sets():
+    assert jaccard({1, 2, 3}, {2, 3, 4}) == pytest.approx(2 / 4)
+    assert jaccard(word_tokens("a b c"), word_tokens("c b a a")) == 1.0
+    assert jaccard(set(), set()) == 1.0
+
+
+def test_dedup_drops_exact_then_similar_keeping_the_first():
+    a = "x = 1 + 2 = 3 so the answer is 3"
+    near = a + " ."  # one extra token: Jaccard 10/11 > 0.7
+    far = "we add one and two to get 3"
+    assert dedup_similar([a, a, near, far]) == [a, far]
+    # the threshold is strict "above": identical sets at threshold 1.0 are still duplicates only
+    # when exact
+    assert dedup_similar([a, near], threshold=1.0) == [a, near]
+
+
+def test_least_similar_pairs_are_the_m_lowest():
+    tok = str.split
+    chosen = ["a b c d", "a b x y"]
+    rejected = ["a b c e", "p q r s"]
+    got = least_similar_pairs(chosen, rejected, 2, tok, random.Random(0))
+    sims = sorted(jaccard(tok(c), tok(r)) for c in chosen for r in rejected)
+    assert [round(s, 4) for _, _, s in got] == [round(s, 4) for s in sims[:2]]
+    assert all(r == "p q r s" for _, r, _ in got)  # the dissimilar rejected path pairs first
+
+
+def test_pairs_pool_gold_and_earlier_rounds_and_skip_questions_without_a_wrong_path():
+    gold = {"q1": "gold one", "q2": "gold two"}
+    pools = {
+        # q1: round 1 had a wrong path; round 2 only right ones: still paired (pooled)
+        "q1": [
+            {"text": "wrong path r1", "correct": False},
+            {"text": "right path r2 alpha", "correct": True},
+        ],
+        "q2": [{"text": "only right", "correct": True}],  # no wrong path: skipped
+    }
+    pairs = dpo_st_pairs(pools, gold, m=3, threshold=0.7)
+    assert {p["id"] for p in pairs} == {"q1"}
+    assert {p["chosen"] for p in pairs} == {"gold one", "right path r2 alpha"}
+    assert all(p["rejected"] == "wrong path r1" for p in pairs)
+    assert any(p["chosen_from"] == "gold" for p in pairs)
+    # m caps the pairs per question
+    assert len(dpo_st_pairs(pools, gold, m=1)) == 1
+
+
+def test_pairs_dedup_each_pool_before_pairing():
+    gold = {"q": "g h i j k"}
+    wrong = [{"text": "a b c d e f", "correct": False}, {"text": "a b c d e f g", "correct": False}]
+    pairs = dpo_st_pairs({"q": wrong}, gold, m=5)
+    assert len(pairs) == 1  # the second wrong path is a near-duplicate (6/7 > 0.7)
+
+
+def test_pseudo_labels_gold_first_dedup_and_percentile_cap():
+    gold = {f"q{i}": f"gold {i}" for i in range(10)}
+    correct = {"q0": ["p one x", "p two y z", "p three w v u", "p one x"]}
+    pools, cap = pseudo_label_pools(correct, gold, tokens=str.split, cap=None, percentile=90)
+    # counts: q0 has 4 (gold + 3 distinct), the others 1 -> 90th percentile is 1 + 0.1 * 3
+    assert cap == 1
+    assert pools["q0"] == ["gold 0"]
+    pools, cap = pseudo_label_pools(correct, gold, tokens=str.split, cap=3)
+    assert cap == 3 and pools["q0"][0] == "gold 0" and len(pools["q0"]) == 3
+    assert all(pools[f"q{i}"] == [f"gold {i}"] for i in range(1, 10))
+    pools, cap = pseudo_label_pools(correct, gold, tokens=str.split, percentile=100)
+    assert cap == 4 and len(pools["q0"]) == 4

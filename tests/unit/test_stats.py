@@ -7,8 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from selftrain.eval.suite import compare_folders
 from selftrain.cli import app
+from selftrain.eval.suite import compare_folders
 from selftrain.stats import compare, describe, mcnemar_exact, paired_interval
 
 

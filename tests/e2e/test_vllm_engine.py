@@ -1,4 +1,4 @@
-"""The vLLM engine against a fake ``vllm`` package (tests/fakevllm/) with vLLM's current call
+"""The vLLM engine against a fake ``vllm`` package (tests/e2e/fakevllm/) with vLLM's current call
 signatures: vLLM itself does not install on CPU machines, so what runs here is our side of the
 calls, not vLLM. The fake decodes with transformers, so greedy output can be compared."""
 

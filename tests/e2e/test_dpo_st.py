@@ -1,96 +1,18 @@
-"""DPO-ST and its self-training baseline: pools, pairs and caps; the loop end to end on a tiny
-model; resume mid-round; report and plot; recipe validation."""
+"""DPO-ST and its self-training baseline end to end on a tiny model: both arms, resume
+mid-round, answer-only questions, report and plot, the CLI."""
 
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 
-from selftrain.config import DPOSTRecipe, RecipeError, load_recipe, parse_recipe
+from selftrain.config import DPOSTRecipe, parse_recipe
 from selftrain.io import read_jsonl
 from selftrain.pipeline import dpo_st
 from selftrain.stages import dpo as stage_dpo
 from selftrain.stages import sample as stage_sample
 from selftrain.stages import sft as stage_sft
-from selftrain.stages.pairs import (
-    dedup_similar,
-    dpo_st_pairs,
-    jaccard,
-    least_similar_pairs,
-    word_tokens,
-)
-from selftrain.stages.pseudo_labels import pseudo_label_pools
-
-# ---- similarity, dedup, pairs, caps -------------------------------------------------------------
-
-
-def test_jaccard_of_token_sets():
-    assert jaccard({1, 2, 3}, {2, 3, 4}) == pytest.approx(2 / 4)
-    assert jaccard(word_tokens("a b c"), word_tokens("c b a a")) == 1.0
-    assert jaccard(set(), set()) == 1.0
-
-
-def test_dedup_drops_exact_then_similar_keeping_the_first():
-    a = "x = 1 + 2 = 3 so the answer is 3"
-    near = a + " ."  # one extra token: Jaccard 10/11 > 0.7
-    far = "we add one and two to get 3"
-    assert dedup_similar([a, a, near, far]) == [a, far]
-    # the threshold is strict "above": identical sets at threshold 1.0 are still duplicates only
-    # when exact
-    assert dedup_similar([a, near], threshold=1.0) == [a, near]
-
-
-def test_least_similar_pairs_are_the_m_lowest():
-    tok = str.split
-    chosen = ["a b c d", "a b x y"]
-    rejected = ["a b c e", "p q r s"]
-    got = least_similar_pairs(chosen, rejected, 2, tok, random.Random(0))
-    sims = sorted(jaccard(tok(c), tok(r)) for c in chosen for r in rejected)
-    assert [round(s, 4) for _, _, s in got] == [round(s, 4) for s in sims[:2]]
-    assert all(r == "p q r s" for _, r, _ in got)  # the dissimilar rejected path pairs first
-
-
-def test_pairs_pool_gold_and_earlier_rounds_and_skip_questions_without_a_wrong_path():
-    gold = {"q1": "gold one", "q2": "gold two"}
-    pools = {
-        # q1: round 1 had a wrong path; round 2 only right ones: still paired (pooled)
-        "q1": [
-            {"text": "wrong path r1", "correct": False},
-            {"text": "right path r2 alpha", "correct": True},
-        ],
-        "q2": [{"text": "only right", "correct": True}],  # no wrong path: skipped
-    }
-    pairs = dpo_st_pairs(pools, gold, m=3, threshold=0.7)
-    assert {p["id"] for p in pairs} == {"q1"}
-    assert {p["chosen"] for p in pairs} == {"gold one", "right path r2 alpha"}
-    assert all(p["rejected"] == "wrong path r1" for p in pairs)
-    assert any(p["chosen_from"] == "gold" for p in pairs)
-    # m caps the pairs per question
-    assert len(dpo_st_pairs(pools, gold, m=1)) == 1
-
-
-def test_pairs_dedup_each_pool_before_pairing():
-    gold = {"q": "g h i j k"}
-    wrong = [{"text": "a b c d e f", "correct": False}, {"text": "a b c d e f g", "correct": False}]
-    pairs = dpo_st_pairs({"q": wrong}, gold, m=5)
-    assert len(pairs) == 1  # the second wrong path is a near-duplicate (6/7 > 0.7)
-
-
-def test_pseudo_labels_gold_first_dedup_and_percentile_cap():
-    gold = {f"q{i}": f"gold {i}" for i in range(10)}
-    correct = {"q0": ["p one x", "p two y z", "p three w v u", "p one x"]}
-    pools, cap = pseudo_label_pools(correct, gold, tokens=str.split, cap=None, percentile=90)
-    # counts: q0 has 4 (gold + 3 distinct), the others 1 -> 90th percentile is 1 + 0.1 * 3
-    assert cap == 1
-    assert pools["q0"] == ["gold 0"]
-    pools, cap = pseudo_label_pools(correct, gold, tokens=str.split, cap=3)
-    assert cap == 3 and pools["q0"][0] == "gold 0" and len(pools["q0"]) == 3
-    assert all(pools[f"q{i}"] == [f"gold {i}"] for i in range(1, 10))
-    pools, cap = pseudo_label_pools(correct, gold, tokens=str.split, percentile=100)
-    assert cap == 4 and len(pools["q0"]) == 4
-
 
 # ---- the loop on a tiny model -------------------------------------------------------------------
 
@@ -313,52 +235,3 @@ def test_cli_runs_dpo_st_recipe(tiny_dir, tmp_path):
     out = CliRunner().invoke(app, ["run", str(path), "--run-dir", str(tmp_path / "run")])
     assert out.exit_code == 0, out.output
     assert "DPO-ST" in out.output and (tmp_path / "run" / "report.md").exists()
-
-
-# ---- recipes ------------------------------------------------------------------------------------
-
-
-def _write(tmp_path, text):
-    p = tmp_path / "r.yaml"
-    p.write_text(text)
-    return p
-
-
-@pytest.mark.parametrize(
-    ("text", "key"),
-    [
-        ("method: dpo_st\ndpo_st: {rounds: 2, bogus: 1}\n", "dpo_st.bogus"),
-        ("method: dpo_st\ndpo_st: {dpo: {loss: hinge}}\n", "dpo_st.dpo.loss"),
-        ("method: dpo_st\ndpo_st: {similarity_threshold: 1.5}\n", "dpo_st.similarity_threshold"),
-        ("method: dpo_st\ndpo_st: {sft: {lrr: 1}}\n", "dpo_st.sft.lrr"),
-        ("method: dpo_st\ndpo_st: {sft_init: scratch}\n", "dpo_st.sft_init"),
-        ("method: dpo_st\ndpo_st: {baselines: [rft]}\n", "dpo_st.baselines.0"),
-        ("method: dpo_st\nsft: {lr: 0.1}\n", "'sft' is read by method srit only"),
-        ("method: srit\ndpo_st: {rounds: 1}\n", "'dpo_st' is read by methods"),
-    ],
-)
-def test_bad_dpo_st_keys_are_named(tmp_path, text, key):
-    path = _write(tmp_path, text)
-    with pytest.raises(RecipeError) as e:
-        load_recipe(path)
-    assert key in str(e.value) and str(path) in str(e.value)
-
-
-def test_dpo_st_defaults_are_the_papers(tmp_path):
-    r = load_recipe(_write(tmp_path, "method: dpo_st\n"))
-    c, s = r.dpo_st, r.sampling
-    assert (c.rounds, s.k, s.temperature, s.max_new_tokens) == (3, 5, 0.7, 300)
-    assert (c.similarity_threshold, c.pairs_per_question, c.sft_k) == (0.7, 3, 3)
-    assert (c.cap_percentile, c.sft_init) == (90.0, "base")
-    assert (c.dpo.loss, c.dpo.beta, c.dpo.nll_weight, c.dpo.lr) == ("sigmoid", 0.1, 0.0, 7e-7)
-    assert (c.dpo.batch_size, c.dpo.max_steps, c.sft.lr, c.sft.epochs) == (96, 150, 3e-4, 8)
-    assert not hasattr(load_recipe(), "dpo_st")  # the SRIT default recipe has no such section
-
-
-@pytest.mark.parametrize("name", ["dpo_st.yaml", "dpo_st_gsm8k.yaml"])
-def test_shipped_dpo_st_recipes_load(name):
-    from selftrain.config import default_recipe_path
-
-    r = load_recipe(default_recipe_path().parent / name)
-    assert r.method == "dpo_st" and isinstance(r, DPOSTRecipe)
-    assert "self_training" in r.dpo_st.baselines

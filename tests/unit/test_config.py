@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from selftrain.cli import _overrides, app
-from selftrain.config import RecipeError, SRITRecipe, default_recipe_path, load_recipe
+from selftrain.config import DPOSTRecipe, RecipeError, SRITRecipe, default_recipe_path, load_recipe
 
 
 def _write(tmp_path, text: str, name: str = "recipe.yaml"):
@@ -288,3 +288,46 @@ def test_autocast_takes_auto_or_a_bool():
     assert load_recipe(None, {"student": {"autocast_bf16": False}}).student.autocast_bf16 is False
     with pytest.raises(RecipeError, match="autocast_bf16"):
         load_recipe(None, {"student": {"autocast_bf16": "fast"}})
+
+
+# ---- DPO-ST recipes ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("method: dpo_st\ndpo_st: {rounds: 2, bogus: 1}\n", "dpo_st.bogus"),
+        ("method: dpo_st\ndpo_st: {dpo: {loss: hinge}}\n", "dpo_st.dpo.loss"),
+        ("method: dpo_st\ndpo_st: {similarity_threshold: 1.5}\n", "dpo_st.similarity_threshold"),
+        ("method: dpo_st\ndpo_st: {sft: {lrr: 1}}\n", "dpo_st.sft.lrr"),
+        ("method: dpo_st\ndpo_st: {sft_init: scratch}\n", "dpo_st.sft_init"),
+        ("method: dpo_st\ndpo_st: {baselines: [rft]}\n", "dpo_st.baselines.0"),
+        ("method: dpo_st\nsft: {lr: 0.1}\n", "'sft' is read by method srit only"),
+        ("method: srit\ndpo_st: {rounds: 1}\n", "'dpo_st' is read by methods"),
+    ],
+)
+def test_bad_dpo_st_keys_are_named(tmp_path, text, key):
+    path = _write(tmp_path, text)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path)
+    assert key in str(e.value) and str(path) in str(e.value)
+
+
+def test_dpo_st_defaults_are_the_papers(tmp_path):
+    r = load_recipe(_write(tmp_path, "method: dpo_st\n"))
+    c, s = r.dpo_st, r.sampling
+    assert (c.rounds, s.k, s.temperature, s.max_new_tokens) == (3, 5, 0.7, 300)
+    assert (c.similarity_threshold, c.pairs_per_question, c.sft_k) == (0.7, 3, 3)
+    assert (c.cap_percentile, c.sft_init) == (90.0, "base")
+    assert (c.dpo.loss, c.dpo.beta, c.dpo.nll_weight, c.dpo.lr) == ("sigmoid", 0.1, 0.0, 7e-7)
+    assert (c.dpo.batch_size, c.dpo.max_steps, c.sft.lr, c.sft.epochs) == (96, 150, 3e-4, 8)
+    assert not hasattr(load_recipe(), "dpo_st")  # the SRIT default recipe has no such section
+
+
+@pytest.mark.parametrize("name", ["dpo_st.yaml", "dpo_st_gsm8k.yaml"])
+def test_shipped_dpo_st_recipes_load(name):
+    from selftrain.config import default_recipe_path
+
+    r = load_recipe(default_recipe_path().parent / name)
+    assert r.method == "dpo_st" and isinstance(r, DPOSTRecipe)
+    assert "self_training" in r.dpo_st.baselines
