@@ -79,7 +79,8 @@ def run(recipe: Recipe, run_dir: str | Path) -> dict:
 
 def _stages(rd: RunDir, recipe: Recipe, task, splits: dict, student: Student, engine: Engine):
     """The recipe's stages in order; each is skipped when the run directory marks it done."""
-    train, seed, c = splits["train"], recipe.seed, recipe
+    c, seed, train = recipe, recipe.seed, splits["train"]
+    by_id = {e.id: e for e in train}
     evals = eval_sets(task, splits, recipe.eval.splits)
     prompts = Prompts(student, task)
     evaluator = Evaluator(rd, student, engine, evals, c.eval, c.calculator)
@@ -118,7 +119,6 @@ def _stages(rd: RunDir, recipe: Recipe, task, splits: dict, student: Student, en
     start, steps, final = sft, 0, None  # stage 2's next start, its steps so far, its model
     if c.rft.enabled:
         paths = rft_stage(rd, cot, c.rft, seed)
-        by_id = {e.id: e for e in train}
         data = [(by_id[r["id"]], r["text"]) for r in paths]
         data += taught if c.rft.with_demos else []
         rft_steps = sft_stage(
@@ -130,7 +130,7 @@ def _stages(rd: RunDir, recipe: Recipe, task, splits: dict, student: Student, en
             steps, start, final = rft_steps, rd / "rft" / "model", "rft"
     if c.dpo.enabled and has_pairs(rd, pairs, "dpo"):
         steps += dpo_stage(
-            rd, "dpo", "dpo_training", student, pairs, {e.id: e for e in train}, prompts, c.dpo,
+            rd, "dpo", "dpo_training", student, pairs, by_id, prompts, c.dpo,
             start=start, out=rd / "dpo" / "model", seed=seed, label="dpo",
         )  # fmt: skip
         final = "dpo"
