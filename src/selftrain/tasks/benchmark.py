@@ -1,9 +1,12 @@
 """Shared machinery of the real benchmarks: splits read once, prompting styles, judging.
 
-A benchmark subclass says where its splits live (``files``: split -> relative path under the
-data directory; ``hub_name``/``hub_config``/``hub_splits`` for the Hugging Face hub) and turns
-raw records into :class:`Example` objects (``read_split`` for our files, ``parse_hub`` for one
-hub row). This base class does the rest: caching, ``n`` limits, prompts (chain of thought,
+Where each benchmark's splits live is data, ``sources.json`` beside this module, keyed by
+task name: ``files`` (split -> relative path under the data directory), ``hub_name``,
+``hub_config``, ``hub_splits`` (our split -> hub split) for the Hugging Face hub, and
+``test_split`` / ``train_split`` where they differ from the defaults below. A subclass whose
+``name`` is in that table gets those class attributes when it is defined; it only turns raw
+records into :class:`Example` objects (``read_split`` for our files, ``parse_hub`` for one hub
+row). This base class does the rest: caching, ``n`` limits, prompts (chain of thought,
 direct, few-shot), the gold answer written as a model would write it, and the continuations
 scored by log-likelihood for multiple choice.
 
@@ -16,18 +19,41 @@ Kinds of answer:
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
 from selftrain.tasks.base import Example
 from selftrain.tasks.data import DataError, data_dir, load_hub
 
-__all__ = ["COT_TRIGGER", "PROMPT_STYLES", "BenchmarkTask", "letters"]
+__all__ = ["COT_TRIGGER", "PROMPT_STYLES", "SOURCES", "BenchmarkTask", "letters", "load_sources"]
 
 PROMPT_STYLES = ("cot", "direct", "fewshot")
 COT_TRIGGER = "Let's think step by step."
+
+
+# The attributes a task's entry in sources.json may set (see the module docstring).
+SOURCE_KEYS = ("files", "hub_name", "hub_config", "hub_splits", "test_split", "train_split")
+
+
+def load_sources() -> dict[str, dict[str, Any]]:
+    """``sources.json``: task name -> its data-location attributes (unknown keys are errors)."""
+    text = resources.files("selftrain.tasks").joinpath("sources.json").read_text("utf-8")
+    table: dict[str, dict[str, Any]] = json.loads(text)
+    for task, entry in table.items():
+        unknown = sorted(set(entry) - set(SOURCE_KEYS))
+        if unknown:
+            raise ValueError(
+                f"sources.json: task {task!r} has unknown key {unknown[0]!r} "
+                f"(allowed: {', '.join(SOURCE_KEYS)})"
+            )
+    return table
+
+
+SOURCES = load_sources()
 
 
 def letters(n: int) -> list[str]:
@@ -46,6 +72,15 @@ class BenchmarkTask:
     hub_splits: ClassVar[dict[str, str]] = {}  # our split -> hub split
     test_split: ClassVar[str] = "test"  # the split evaluated by default
     train_split: ClassVar[str | None] = None  # source of few-shot examples and training data
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Fill in the data-location attributes of a task named in ``sources.json``."""
+        super().__init_subclass__(**kwargs)
+        entry = SOURCES.get(cls.__dict__.get("name", ""), {})
+        for key, value in entry.items():
+            if key in cls.__dict__:
+                raise TypeError(f"{cls.__name__}.{key} is set both in its class and sources.json")
+            setattr(cls, key, value)
 
     def __init__(
         self,

@@ -125,13 +125,10 @@ _AQUA_OPTION = re.compile(r"\s*(?P<label>[A-Z])\s*\)(?P<text>.*)", re.DOTALL)
 
 @register("aqua")
 class AQuA(ChoiceTask):
-    """AQuA-RAT algebra word problems with five options and a worked rationale (test only)."""
+    """AQuA-RAT algebra word problems with five options and a worked rationale (test only);
+    the local file ``aqua/test.json`` is JSONL despite its name."""
 
     name: ClassVar[str] = "aqua"
-    files: ClassVar[dict[str, str]] = {"test": "aqua/test.json"}  # JSONL despite the name
-    hub_name: ClassVar[str | None] = "deepmind/aqua_rat"
-    hub_config: ClassVar[str | None] = "raw"
-    hub_splits: ClassVar[dict[str, str]] = {"test": "test"}
     n_options: ClassVar[int] = 5
 
     def read_split(self, split: str) -> list[Example]:
@@ -178,14 +175,6 @@ class CommonsenseQA(ChoiceTask):
     split is the one evaluated."""
 
     name: ClassVar[str] = "csqa"
-    files: ClassVar[dict[str, str]] = {
-        "train": "csqa/train_rand_split.jsonl",
-        "validation": "csqa/dev_rand_split.jsonl",
-    }
-    hub_name: ClassVar[str | None] = "tau/commonsense_qa"
-    hub_splits: ClassVar[dict[str, str]] = {"train": "train", "validation": "validation"}
-    test_split: ClassVar[str] = "validation"
-    train_split: ClassVar[str | None] = "train"
     n_options: ClassVar[int] = 5
 
     def read_split(self, split: str) -> list[Example]:
@@ -231,11 +220,7 @@ class PIQA(ChoiceTask):
     public labels (``valid-labels.lst``, one 0/1 per line)."""
 
     name: ClassVar[str] = "piqa"
-    files: ClassVar[dict[str, str]] = {"validation": "piqa/valid.jsonl"}
     label_files: ClassVar[dict[str, str]] = {"validation": "piqa/valid-labels.lst"}
-    hub_name: ClassVar[str | None] = "ybisk/piqa"
-    hub_splits: ClassVar[dict[str, str]] = {"validation": "validation"}
-    test_split: ClassVar[str] = "validation"
     n_options: ClassVar[int] = 2
 
     def read_split(self, split: str) -> list[Example]:

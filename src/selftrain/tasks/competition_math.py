@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, ClassVar
+from typing import Any
 
 from selftrain.tasks import register
 from selftrain.tasks.base import Example
@@ -71,16 +71,11 @@ class MathTask(BenchmarkTask):
     """MATH competition problems judged with math-verify (:mod:`selftrain.verify.math`).
 
     ``subset``: None (all 12,500 problems), ``"math500"`` (the 500-problem test subset of
-    Lightman et al.) or a subject key such as ``"number_theory"``."""
+    Lightman et al.) or a subject key such as ``"number_theory"``. The hub copy
+    (``sources.json``) has one config per subject; MATH-500's is ``MATH500_HUB``."""
 
     name = "math"
     kind = "math"
-    files: ClassVar[dict[str, str]] = {"train": "math/train.jsonl", "test": "math/test.jsonl"}
-    hub_name = "EleutherAI/hendrycks_math"  # one config per subject; MATH-500: MATH500_HUB
-    hub_config = None
-    hub_splits: ClassVar[dict[str, str]] = {"train": "train", "test": "test"}
-    test_split = "test"
-    train_split = "train"
 
     def __init__(self, *, subset: str | None = None, **kwargs: Any) -> None:
         """``subset`` as in the class docstring; other arguments as :class:`BenchmarkTask`."""

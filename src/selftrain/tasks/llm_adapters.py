@@ -92,11 +92,6 @@ class OpenBookQA(AdaptersChoiceTask):
     """OpenBookQA (four options) in the LLM-Adapters format."""
 
     name: ClassVar[str] = "obqa"
-    files: ClassVar[dict[str, str]] = {"train": "obqa/train.json", "test": "obqa/test.json"}
-    hub_name: ClassVar[str | None] = "allenai/openbookqa"
-    hub_config: ClassVar[str | None] = "main"
-    hub_splits: ClassVar[dict[str, str]] = {"train": "train", "test": "test"}
-    train_split: ClassVar[str | None] = "train"
     n_options: ClassVar[int] = 4
 
     def parse_hub(self, row: dict[str, Any], split: str, index: int) -> Example:
@@ -110,9 +105,6 @@ class SocialIQA(AdaptersChoiceTask):
     our test split (the same 1,954 questions)."""
 
     name: ClassVar[str] = "siqa"
-    files: ClassVar[dict[str, str]] = {"test": "siqa/test.json"}
-    hub_name: ClassVar[str | None] = "allenai/social_i_qa"
-    hub_splits: ClassVar[dict[str, str]] = {"test": "validation"}
     n_options: ClassVar[int] = 3
 
     def parse_hub(self, row: dict[str, Any], split: str, index: int) -> Example:
@@ -130,14 +122,6 @@ class ArcChallenge(AdaptersChoiceTask):
     """ARC-Challenge (three to five options, mostly four) in the LLM-Adapters format."""
 
     name: ClassVar[str] = "arc_challenge"
-    files: ClassVar[dict[str, str]] = {
-        "train": "arc_challenge/train.json",
-        "test": "arc_challenge/test.json",
-    }
-    hub_name: ClassVar[str | None] = "allenai/ai2_arc"
-    hub_config: ClassVar[str | None] = "ARC-Challenge"
-    hub_splits: ClassVar[dict[str, str]] = {"train": "train", "test": "test"}
-    train_split: ClassVar[str | None] = "train"
     n_options: ClassVar[int] = 5
 
     def parse_hub(self, row: dict[str, Any], split: str, index: int) -> Example:

@@ -7,7 +7,8 @@ final answer of a completion (``#### N``, else "The answer is N", else ``\\boxed
 last number) and ``is_correct`` compares numbers: integers exactly, other values within
 ``max(1e-4, 1e-6 * |gold|)``.
 
-Local files (under the data directory, see ``SOURCES.md``) and hub copies:
+Local files (under the data directory, see ``SOURCES.md``) and hub copies (as data in
+``sources.json``):
 
 ========== ======================================= ============================================
 task       files (split: size)                     hub (our split -> hub split)
@@ -105,11 +106,6 @@ class GSM8KTask(NumberTask):
     """GSM8K: grade-school problems; the rationale is the gold solution ending in ``#### N``."""
 
     name: ClassVar[str] = "gsm8k"
-    files: ClassVar[dict[str, str]] = {"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"}
-    hub_name: ClassVar[str | None] = "openai/gsm8k"
-    hub_config: ClassVar[str | None] = "main"
-    hub_splits: ClassVar[dict[str, str]] = {"train": "train", "test": "test"}
-    train_split: ClassVar[str | None] = "train"
 
     _FINAL = re.compile(r"####\s*(?P<answer>[^\n]*?)\s*$")
 
@@ -144,7 +140,10 @@ class GSM8KTask(NumberTask):
 
 class _ZeroShotCoTTask(NumberTask):
     """MultiArith, AddSub, SingleEq: the Zero-shot-CoT repo's files (``iIndex``,
-    ``sQuestion``, ``lEquations``, ``lSolutions``)."""
+    ``sQuestion``, ``lEquations``, ``lSolutions``); hub rows hold the question and the
+    number in the two fields named by ``hub_fields``."""
+
+    hub_fields: ClassVar[tuple[str, str]] = ("", "")  # (question, answer) fields of a hub row
 
     def read_split(self, split: str) -> list[Example]:
         """All problems of the file."""
@@ -162,44 +161,31 @@ class _ZeroShotCoTTask(NumberTask):
             )
         return examples
 
+    def parse_hub(self, row: dict[str, Any], split: str, index: int) -> Example:
+        """A hub row: the question and the number in the fields named by ``hub_fields``."""
+        where = self.hub_where(split, index)
+        question, answer = self.hub_fields
+        return Example(
+            id=f"{self.name}/{split}/{index}",
+            question=field(row, question, where).strip(),
+            answer=_gold(field(row, answer, where, _NUMERIC), where, answer),
+        )
+
 
 @register("multiarith")
 class MultiArithTask(_ZeroShotCoTTask):
     """MultiArith: multi-step arithmetic (``sQuestion``, ``lSolutions``)."""
 
     name: ClassVar[str] = "multiarith"
-    files: ClassVar[dict[str, str]] = {"test": "multiarith/MultiArith.json"}
-    hub_name: ClassVar[str | None] = "ChilleD/MultiArith"
-    hub_splits: ClassVar[dict[str, str]] = {"train": "train", "test": "test"}
-
-    def parse_hub(self, row: dict[str, Any], split: str, index: int) -> Example:
-        """A row of ChilleD/MultiArith (``question``, ``final_ans``: a number as a string)."""
-        where = self.hub_where(split, index)
-        return Example(
-            id=f"{self.name}/{split}/{index}",
-            question=field(row, "question", where).strip(),
-            answer=_gold(field(row, "final_ans", where, _NUMERIC), where, "final_ans"),
-        )
+    # ChilleD/MultiArith rows: ``question``, ``final_ans`` (a number as a string).
+    hub_fields: ClassVar[tuple[str, str]] = ("question", "final_ans")
 
 
 class _LilaTask(_ZeroShotCoTTask):
     """AddSub / SingleEq: local Zero-shot-CoT files, hub copies from allenai/lila."""
 
-    hub_name: ClassVar[str | None] = "allenai/lila"
-    hub_splits: ClassVar[dict[str, str]] = {
-        "train": "train",
-        "validation": "validation",
-        "test": "test",
-    }
-
-    def parse_hub(self, row: dict[str, Any], split: str, index: int) -> Example:
-        """A row of allenai/lila (``input``: the question, ``output_answer``: the number)."""
-        where = self.hub_where(split, index)
-        return Example(
-            id=f"{self.name}/{split}/{index}",
-            question=field(row, "input", where).strip(),
-            answer=_gold(field(row, "output_answer", where, _NUMERIC), where, "output_answer"),
-        )
+    # allenai/lila rows: ``input`` (the question), ``output_answer`` (the number).
+    hub_fields: ClassVar[tuple[str, str]] = ("input", "output_answer")
 
 
 @register("addsub")
@@ -207,8 +193,6 @@ class AddSubTask(_LilaTask):
     """AddSub: one-step addition and subtraction stories."""
 
     name: ClassVar[str] = "addsub"
-    files: ClassVar[dict[str, str]] = {"test": "addsub/AddSub.json"}
-    hub_config: ClassVar[str | None] = "addsub"
 
 
 @register("singleeq")
@@ -216,8 +200,6 @@ class SingleEqTask(_LilaTask):
     """SingleEq: problems solved by a single equation."""
 
     name: ClassVar[str] = "singleeq"
-    files: ClassVar[dict[str, str]] = {"test": "singleeq/questions.json"}
-    hub_config: ClassVar[str | None] = "singleeq"
 
 
 # -- SVAMP ---------------------------------------------------------------------------------
@@ -228,9 +210,6 @@ class SvampTask(NumberTask):
     """SVAMP: the 1,000-problem challenge set; the question is ``Body + " " + Question``."""
 
     name: ClassVar[str] = "svamp"
-    files: ClassVar[dict[str, str]] = {"test": "svamp/SVAMP.json"}
-    hub_name: ClassVar[str | None] = "ChilleD/SVAMP"
-    hub_splits: ClassVar[dict[str, str]] = {"train": "train", "test": "test"}
 
     def _example(self, record: dict[str, Any], where: str, fallback_id: str) -> Example:
         body = field(record, "Body", where).strip()
@@ -288,10 +267,6 @@ class AsdivTask(NumberTask):
 
     name: ClassVar[str] = "asdiv"
     ratios: ClassVar[bool] = True
-    files: ClassVar[dict[str, str]] = {"test": "asdiv/test.jsonl"}
-    hub_name: ClassVar[str | None] = "EleutherAI/asdiv"
-    hub_config: ClassVar[str | None] = "asdiv"
-    hub_splits: ClassVar[dict[str, str]] = {"test": "validation"}
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

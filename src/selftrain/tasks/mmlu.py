@@ -49,19 +49,6 @@ class MMLU(ChoiceTask):
     examples; ``subset`` picks a group or a subject (``get("mmlu:stem")``)."""
 
     name: ClassVar[str] = "mmlu"
-    files: ClassVar[dict[str, str]] = {
-        "dev": "mmlu/dev",
-        "validation": "mmlu/val",
-        "test": "mmlu/test",
-    }
-    hub_name: ClassVar[str | None] = "cais/mmlu"
-    hub_config: ClassVar[str | None] = "all"
-    hub_splits: ClassVar[dict[str, str]] = {
-        "dev": "dev",
-        "validation": "validation",
-        "test": "test",
-    }
-    train_split: ClassVar[str | None] = "dev"
     n_options: ClassVar[int] = 4
 
     def __init__(self, subset: str | None = None, **kwargs: Any) -> None:

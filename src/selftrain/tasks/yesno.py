@@ -25,9 +25,6 @@ class StrategyQA(BenchmarkTask):
 
     name: ClassVar[str] = "strategyqa"
     kind: ClassVar[str] = "yesno"
-    files: ClassVar[dict[str, str]] = {"test": "strategyqa/task.json"}
-    hub_name: ClassVar[str | None] = "tasksource/strategy-qa"
-    hub_splits: ClassVar[dict[str, str]] = {"test": "train"}
 
     def read_split(self, split: str) -> list[Example]:
         path = require_file(self.root, self.files[split])
