@@ -1,7 +1,7 @@
 """Shared fixtures: a tiny random Llama with SmolLM2's real tokenizer, saved as a local folder
 (no hub), so tests exercise the real chat template, BOS/EOS and pad == eos. Every test under
-tests/e2e is marked ``e2e``, so ``pytest -m "not e2e and not llama_server"`` runs the fast
-unit tests alone."""
+tests/e2e is marked ``e2e`` (as is a unit test that passes over a whole benchmark file), so
+``pytest -m "not e2e and not llama_server"`` runs the fast unit tests alone."""
 
 from __future__ import annotations
 

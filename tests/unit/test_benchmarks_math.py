@@ -200,6 +200,7 @@ def test_math_verify_alone_accepts_every_math500_target(m500: MathTask) -> None:
         assert verify(gold, parse(m500.target(ex))), ex.id
 
 
+@pytest.mark.e2e  # a pass over both whole MATH files (~40 s): with the slow tests
 @pytest.mark.parametrize("split", ["test", "train"])
 def test_every_full_math_target_is_correct_and_perturbation_wrong(
     full: MathTask, split: str
