@@ -250,7 +250,7 @@ def test_ablation_arms_start_from_the_runs_sft_model(tiny_dir, tmp_path, monkeyp
     monkeypatch.setattr(ArithmeticTask, "is_correct", lambda self, text, e: len(text) % 2 == 0)
     run = tmp_path / "run"
     srit.run(_recipe(tiny_dir, rft={"enabled": True, "batch_size": 4}), run)
-    path = Path(__file__).parents[1] / "experiments" / "ablation.py"
+    path = Path(__file__).parents[2] / "experiments" / "ablation.py"
     spec = importlib.util.spec_from_file_location("ablation", path)
     ablation = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ablation)
