@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from selftrain.config import Recipe, parse_recipe
+from selftrain.config import DPOSTRecipe, Recipe, SRITRecipe, parse_recipe
 from selftrain.io import read_json, write_json_atomic, write_text_atomic
 from selftrain.progress import log
 from selftrain.runtime import Runtime
@@ -156,9 +156,39 @@ def _with_defaults(saved: Any) -> Any:
     """A saved recipe with the keys it lacks at today's defaults (as saved if it no longer
     validates: the comparison then names what differs)."""
     try:
-        return parse_recipe(saved).model_dump(mode="json")
+        return parse_recipe(_upgraded(saved)).model_dump(mode="json")
     except ValidationError:
         return saved
+
+
+# DPO-ST's sampler keys, under dpo_st until 2026-12-04, now in the shared sampling section
+_MOVED_TO_SAMPLING = {
+    "k": "k",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "max_new_tokens": "max_new_tokens",
+    "sampling_batch_size": "batch_size",
+}
+
+
+def _upgraded(saved: Any) -> Any:
+    """A recipe saved by an older version in today's layout: until 2026-12-04 every recipe
+    held every method's sections (SRIT's at their defaults in a DPO-ST recipe, ``dpo_st:
+    null`` in an SRIT one), and DPO-ST's sampler keys sat under ``dpo_st``."""
+    if not isinstance(saved, dict):
+        return saved
+    if saved.get("method", "srit") == "srit":
+        return {k: v for k, v in saved.items() if not (k == "dpo_st" and v is None)}
+    old = saved.get("dpo_st")
+    if not isinstance(old, dict) or not set(_MOVED_TO_SAMPLING) & set(old):
+        return saved
+    srit_only = set(SRITRecipe.model_fields) - set(DPOSTRecipe.model_fields)
+    out = {k: v for k, v in saved.items() if k not in srit_only}
+    sampling = {k: v for k, v in (saved.get("sampling") or {}).items() if k in ("engine", "vllm")}
+    sampling |= {new: old[k] for k, new in _MOVED_TO_SAMPLING.items() if k in old}
+    out["sampling"] = sampling
+    out["dpo_st"] = {k: v for k, v in old.items() if k not in _MOVED_TO_SAMPLING}
+    return out
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:

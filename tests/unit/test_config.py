@@ -331,3 +331,31 @@ def test_shipped_dpo_st_recipes_load(name):
     r = load_recipe(default_recipe_path().parent / name)
     assert r.method == "dpo_st" and isinstance(r, DPOSTRecipe)
     assert "self_training" in r.dpo_st.baselines
+
+
+def test_a_dpo_st_run_dir_saved_in_the_old_layout_still_resumes(tmp_path):
+    """Until 2026-12-04 a saved recipe held every method's sections, and DPO-ST's sampler keys
+    sat under dpo_st: such a run directory resumes with the same recipe, and only with it."""
+    from selftrain.rundir import RunDir, RunDirError
+
+    recipe = load_recipe(default_recipe_path().with_name("dpo_st.yaml"))
+    old = recipe.model_dump(mode="json")
+    srit = SRITRecipe().model_dump(mode="json")
+    for key in ("teacher", "sft", "pairs", "rft", "dpo", "sft_more"):
+        old[key] = srit[key]
+    s = old.pop("sampling")
+    old["sampling"] = {**srit["sampling"], "engine": s["engine"], "vllm": s["vllm"]}
+    old["dpo_st"] |= {
+        "k": s["k"],
+        "temperature": s["temperature"],
+        "top_p": s["top_p"],
+        "max_new_tokens": s["max_new_tokens"],
+        "sampling_batch_size": s["batch_size"],
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(old))
+    RunDir(tmp_path, recipe)  # no RunDirError
+    with pytest.raises(RunDirError, match=r"sampling\.k"):
+        RunDir(
+            tmp_path,
+            load_recipe(default_recipe_path().with_name("dpo_st.yaml"), {"sampling": {"k": 3}}),
+        )
