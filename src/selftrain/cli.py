@@ -53,11 +53,19 @@ def _overrides(pairs: list[str]) -> dict:
         if "=" not in item:
             raise typer.BadParameter(f"--set takes KEY=VALUE, got '{item}'")
         key, value = item.split("=", 1)
+        names = key.strip().split(".")
+        if not all(n.isidentifier() for n in names):
+            raise typer.BadParameter(f"--set takes KEY=VALUE with a dotted key, got '{item}'")
         node = out
-        *parents, leaf = key.split(".")
+        *parents, leaf = names
         for p in parents:
             node = node.setdefault(p, {})
-        parsed = yaml.safe_load(value)
+            if not isinstance(node, dict):
+                raise typer.BadParameter(f"--set {key}: '{p}' is set to a value, not a section")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise typer.BadParameter(f"--set {key}: not a YAML value ({value!r}): {e}") from None
         if isinstance(parsed, str):  # YAML 1.1 reads "1e-4" as a string
             with contextlib.suppress(ValueError):
                 parsed = float(parsed)

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 from pydantic import ValidationError
@@ -32,8 +32,29 @@ class RunDir:
         self.runtime = runtime or Runtime.local()
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"{self.path} is a file, not a run directory")
+        self._lock: IO[str] | None = None
         if self.runtime.is_main:
             self.path.mkdir(parents=True, exist_ok=True)
+            self._lock = _lock(self.path)  # held until close() or the process ends
+        try:
+            self._open(recipe)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Let another process run in this directory."""
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases its lock
+            self._lock = None
+
+    def _open(self, recipe: Recipe) -> None:
         self.runtime.barrier()
         resolved = recipe.model_dump(mode="json")
         saved = self.path / "recipe.yaml"
@@ -61,11 +82,7 @@ class RunDir:
         self._read()
 
     def _read(self) -> None:
-        self.state: dict[str, Any] = (
-            read_json(self._state_path)
-            if self._state_path.exists()
-            else {"done": [], "seconds": {}}
-        )
+        self.state = _read_state(self._state_path)
         self.metrics: dict[str, Any] = (
             read_json(self._metrics_path) if self._metrics_path.exists() else {}
         )
@@ -138,6 +155,52 @@ class RunDir:
     def _save_state(self) -> None:
         if self.runtime.is_main:
             write_json_atomic(self._state_path, self.state)
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """state.json: the stages done, in order, and their seconds (nothing done when absent)."""
+    if not path.exists():
+        return {"done": [], "seconds": {}}
+    try:
+        state = read_json(path)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{e}; delete {path} to redo every stage of the run") from None
+    if not (
+        isinstance(state, dict)
+        and isinstance(state.get("done"), list)
+        and isinstance(state.get("seconds", {}), dict)
+    ):
+        raise RunDirError(
+            f"{path}: not a run state (a list 'done' of stages and a map 'seconds'); delete it "
+            "to redo every stage of the run"
+        )
+    state.setdefault("seconds", {})
+    return state
+
+
+def _lock(path: Path) -> IO[str]:
+    """An exclusive lock on ``path/.lock`` (which names its holder), or a RunDirError naming
+    the process that holds it."""
+    import fcntl
+    import os
+    import socket
+
+    f = open(path / ".lock", "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise RunDirError(
+            f"{path} is in use by {holder}: one run at a time per run directory; wait for it "
+            "to end, or use another --run-dir"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"process {os.getpid()} on {socket.gethostname()}")
+    f.flush()
+    return f
 
 
 def _peak_rss_mb() -> float | None:

@@ -113,3 +113,14 @@ def test_nesting_and_powers_do_not_hang():
     assert calculate("(" * 60 + "1" + ")" * 60) is None
     assert calculate("9^9^9^9") is None
     assert calculate("2^" * 40 + "2") is None
+
+
+def test_only_ascii_digits_are_numbers():
+    assert calculate("123+1") == 124
+    assert calculate("\u0661\u0662\u0663+1") is None  # Arabic-Indic digits: not ours to read
+    assert calculate("\uff11\uff12+1") is None  # fullwidth digits
+
+
+def test_a_non_string_is_refused_with_a_message():
+    with pytest.raises(TypeError, match="calculate takes the expression's text, got int"):
+        calculate(12)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 
 import pytest
 import typer
@@ -359,3 +360,23 @@ def test_a_dpo_st_run_dir_saved_in_the_old_layout_still_resumes(tmp_path):
             tmp_path,
             load_recipe(default_recipe_path().with_name("dpo_st.yaml"), {"sampling": {"k": 3}}),
         )
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("=1", "with a dotted key, got '=1'"),
+        ("sft..lr=1", "with a dotted key, got 'sft..lr=1'"),
+        ("sft.lr=[1, 2", "--set sft.lr: not a YAML value"),
+    ],
+)
+def test_cli_overrides_name_what_is_wrong(item, message):
+    with pytest.raises(typer.BadParameter, match=re.escape(message)):
+        _overrides([item])
+    out = CliRunner().invoke(app, ["run", "--set", item])
+    assert out.exit_code == 2 and "Traceback" not in out.output
+
+
+def test_cli_overrides_refuse_a_value_then_a_section():
+    with pytest.raises(typer.BadParameter, match="'sft' is set to a value, not a section"):
+        _overrides(["sft=1", "sft.lr=2"])

@@ -73,7 +73,11 @@ def run(recipe: DPOSTRecipe, run_dir: str | Path) -> dict:
     if not isinstance(recipe, DPOSTRecipe):
         raise ValueError("dpo_st.run needs a recipe with method dpo_st or self_training")
     runtime = Runtime.start(recipe.student.device)
-    rd = RunDir(run_dir, recipe, runtime)
+    with RunDir(run_dir, recipe, runtime) as rd:  # locked: one run at a time
+        return _run(rd, recipe, runtime)
+
+
+def _run(rd: RunDir, recipe: DPOSTRecipe, runtime: Runtime) -> dict:
     setup_logging(rd / "log.txt" if runtime.is_main else None, quiet=not runtime.is_main)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)

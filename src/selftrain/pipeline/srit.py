@@ -44,7 +44,11 @@ def run(recipe: Recipe, run_dir: str | Path) -> dict:
     """Run (or resume) the SRIT recipe in ``run_dir``; return metrics.json's content. Under
     ``accelerate launch`` every process runs this, and rank 0 writes the run directory."""
     runtime = Runtime.start(recipe.student.device)
-    rd = RunDir(run_dir, recipe, runtime)
+    with RunDir(run_dir, recipe, runtime) as rd:  # locked: one run at a time
+        return _run(rd, recipe, runtime)
+
+
+def _run(rd: RunDir, recipe: Recipe, runtime: Runtime) -> dict:
     main = runtime.is_main
     setup_logging(rd / "log.txt" if main else None, quiet=not main)
     if recipe.threads:

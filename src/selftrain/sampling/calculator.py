@@ -23,8 +23,10 @@ MAX_ABS = Fraction(10) ** 15  # every intermediate value stays below this
 MAX_EXPONENT = 12
 MAX_DENOMINATOR = 10**12
 
+# ASCII digits only: ``\d`` alone also matches other scripts' digits (``١٢٣``)
 _TOKEN = re.compile(
-    r"\s*(?:(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d*)?|\.\d+)|(?P<op>\*\*|[-+*/x\u00d7\u00f7^%()]))"
+    r"\s*(?:(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d*)?|\.\d+)|(?P<op>\*\*|[-+*/x\u00d7\u00f7^%()]))",
+    re.ASCII,
 )
 # An annotation still open at the end of the text: ``<<expr=`` with nothing after the ``=``.
 _OPEN = re.compile(rf"<<([^<>=\n]{{1,{MAX_EXPRESSION_CHARS}}})=$")
@@ -145,6 +147,8 @@ def _tokenize(expression: str) -> list[tuple[str, str]]:
 
 def calculate(expression: str) -> Fraction | None:
     """The exact value of an arithmetic expression, or None if it cannot be computed safely."""
+    if not isinstance(expression, str):
+        raise TypeError(f"calculate takes the expression's text, got {type(expression).__name__}")
     if not expression or len(expression) > MAX_EXPRESSION_CHARS:
         return None
     try:
