@@ -162,7 +162,8 @@ def eval_(
         typer.Option(help="a run's checkpoint on top of --model (runs/NAME/sft, .../dpo)"),
     ] = None,
     limit: Annotated[
-        int | None, typer.Option(help="N questions of each task, evenly spread over the split")
+        int | None,
+        typer.Option(min=1, help="N questions of each task, evenly spread over the split"),
     ] = None,
     split: Annotated[str | None, typer.Option(help="split (default: each task's test)")] = None,
     data_dir: DataDir = None,
@@ -278,7 +279,9 @@ def demos(
         str, typer.Option(help="api: the environment variable holding the key (optional)")
     ] = "OPENAI_API_KEY",
     split: Annotated[str, typer.Option(help="the task's split")] = "train",
-    limit: Annotated[int | None, typer.Option(help="the first L questions of the split")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="the first L questions of the split")
+    ] = None,
     n_per_question: Annotated[int, typer.Option(help="demonstrations per question")] = 1,
     temperature: Annotated[float, typer.Option(help="0: greedy")] = 0.0,
     max_tokens: Annotated[int, typer.Option(help="tokens per demonstration, at most")] = 512,

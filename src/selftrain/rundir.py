@@ -59,7 +59,7 @@ class RunDir:
         resolved = recipe.model_dump(mode="json")
         saved = self.path / "recipe.yaml"
         if saved.exists():  # every rank checks, so every rank stops on a mismatch
-            old = _with_defaults(yaml.safe_load(saved.read_text(encoding="utf-8")))
+            old = _with_defaults(_read_saved(saved))
             # a key the saved recipe lacks reads as its default (or null): run dirs made before
             # a key or section (such as dpo_st) was added to the schema still resume
             diff = sorted(_diff_keys(old, resolved))
@@ -155,6 +155,17 @@ class RunDir:
     def _save_state(self) -> None:
         if self.runtime.is_main:
             write_json_atomic(self._state_path, self.state)
+
+
+def _read_saved(path: Path) -> Any:
+    """The recipe a run directory was started with."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise RunDirError(
+            f"{path}: not a readable recipe ({e}); it holds the settings this run was started "
+            "with: restore it, or use another --run-dir"
+        ) from None
 
 
 def _read_state(path: Path) -> dict[str, Any]:

@@ -174,3 +174,15 @@ def test_stop_pattern_waits_for_the_answer_itself(tokenizer):
     assert not stops("The answer is:\n")
     assert not stops("The answer is 7.")  # the line has not ended yet
     assert not stops("First, 3+4=7.\n")
+
+
+@pytest.mark.parametrize("command", ["eval", "demos"])
+def test_a_limit_of_zero_questions_is_refused(command):
+    from typer.testing import CliRunner
+
+    from selftrain.cli import app
+
+    out = CliRunner().invoke(app, [command, "--tasks" if command == "eval" else "--task",
+                                   "arithmetic", "--limit", "0"])  # fmt: skip
+    assert out.exit_code == 2 and "Traceback" not in out.output
+    assert "--limit" in out.output and "greater than or equal to 1" in out.output

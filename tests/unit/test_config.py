@@ -380,3 +380,25 @@ def test_cli_overrides_name_what_is_wrong(item, message):
 def test_cli_overrides_refuse_a_value_then_a_section():
     with pytest.raises(typer.BadParameter, match="'sft' is set to a value, not a section"):
         _overrides(["sft=1", "sft.lr=2"])
+
+
+def test_an_unreadable_recipe_is_named(tmp_path):
+    binary = tmp_path / "r.yaml"
+    binary.write_bytes(b"name: x\n\xff\xfe\n")
+    with pytest.raises(RecipeError, match=r"r\.yaml: not UTF-8 text"):
+        load_recipe(binary)
+    with pytest.raises(RecipeError, match=f"{tmp_path}: cannot read the recipe"):
+        load_recipe(tmp_path)  # a directory
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"sampling": {"k": 10**9}}, "sampling.k"),
+        ({"sampling": {"max_new_tokens": 10**6}}, "sampling.max_new_tokens"),
+        ({"eval": {"max_new_tokens": 10**6}}, "eval.max_new_tokens"),
+    ],
+)
+def test_absurd_sizes_are_refused_before_any_stage(overrides, key):
+    with pytest.raises(RecipeError, match=re.escape(f"key '{key}'")):
+        load_recipe(None, overrides)

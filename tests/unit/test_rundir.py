@@ -71,3 +71,13 @@ def test_a_broken_state_file_is_named_with_the_repair(tmp_path, text, message):
     with pytest.raises(RunDirError, match=message) as e:
         RunDir(tmp_path, load_recipe())
     assert str(state) in str(e.value) and "delete" in str(e.value)
+
+
+def test_a_broken_saved_recipe_is_named(tmp_path):
+    with RunDir(tmp_path, load_recipe()):
+        pass
+    (tmp_path / "recipe.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(RunDirError, match=r"recipe\.yaml: not a readable recipe"):
+        RunDir(tmp_path, load_recipe())
+    with RunDir(tmp_path / "other", load_recipe()):  # and nothing else is locked
+        pass

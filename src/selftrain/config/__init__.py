@@ -87,6 +87,10 @@ def load_recipe(path: str | Path | None = None, overrides: dict[str, Any] | None
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}: not valid YAML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {e.start}): is it a recipe?") from None
+    except OSError as e:  # a directory, no permission, ...
+        raise RecipeError(f"{path}: cannot read the recipe: {e.strerror}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of keys, got {type(data).__name__}")
     if overrides:

@@ -23,9 +23,9 @@ class DPOSTSamplingConfig(s.SamplingConfig):
     """DPO-ST's DPO step: the round's SFT model samples k rationales per question (the
     paper's values); ``dpo_st.sft_k`` paths are sampled for the SFT step."""
 
-    k: int = Field(5, gt=0)
+    k: int = Field(5, gt=0, le=s.MAX_K)
     temperature: float = Field(0.7, gt=0)
-    max_new_tokens: int = Field(300, gt=0)
+    max_new_tokens: int = Field(300, gt=0, le=s.MAX_NEW_TOKENS)
 
 
 class DPOSTSFTConfig(s.OptimizerConfig):
@@ -78,7 +78,7 @@ class DPOSTConfig(s.Strict):
     similarity_threshold: float = Field(0.7, gt=0, le=1)  # token-set Jaccard above it: duplicate
     pairs_per_question: int = Field(3, gt=0)  # the m least similar chosen x rejected pairs
     # SFT step: the DPO model (self-training: the SFT model) samples pseudo-labels
-    sft_k: int = Field(3, gt=0)
+    sft_k: int = Field(3, gt=0, le=s.MAX_K)
     pseudo_label_cap: int | None = Field(None, gt=0)  # per question; None: the percentile below
     cap_percentile: float = Field(90.0, gt=0, le=100)
     sft_init: Literal["base", "previous"] = "base"  # next SFT from the base or the last SFT model

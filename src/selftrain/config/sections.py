@@ -10,6 +10,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# sane upper bounds, checked before any stage runs (a typo such as k=1e9 would otherwise fail
+# only when the sampler allocates for it, after SFT)
+MAX_K = 1024  # paths per question
+MAX_NEW_TOKENS = 32768
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -132,7 +137,7 @@ class SFTConfig(OptimizerConfig):
     eval_every: int = Field(50, gt=0)  # optimizer steps between validation checks
     patience: int = Field(2, ge=1)  # checks without a gain in validation accuracy, then stop
     val_questions: int = Field(100, gt=0)
-    max_new_tokens: int = Field(96, gt=0)
+    max_new_tokens: int = Field(96, gt=0, le=MAX_NEW_TOKENS)
 
 
 class VLLMConfig(Strict):
@@ -152,10 +157,10 @@ class VLLMConfig(Strict):
 class SamplingConfig(Strict):
     """How the student samples its own reasoning paths; read by every method."""
 
-    k: int = Field(4, gt=0)  # reasoning paths per question
+    k: int = Field(4, gt=0, le=MAX_K)  # reasoning paths per question
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(96, gt=0)
+    max_new_tokens: int = Field(96, gt=0, le=MAX_NEW_TOKENS)
     batch_size: int = Field(64, gt=0)  # rows decoded together
     # the decoding engine of every sampling and evaluation stage of the run: builtin (our
     # loop, any device), vllm (pip install selftrain[vllm], a CUDA GPU), auto: vllm where it
@@ -211,5 +216,5 @@ class EvalConfig(Strict):
     base_n: int | None = Field(None, gt=0)  # questions per split for the untrained student
     control_n: int | None = Field(None, gt=0)  # questions per split for the sft_more control
     evaluate_base: bool = True
-    max_new_tokens: int = Field(96, gt=0)
+    max_new_tokens: int = Field(96, gt=0, le=MAX_NEW_TOKENS)
     batch_size: int = Field(64, gt=0)
