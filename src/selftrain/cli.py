@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
+import click
 import typer
 import yaml
+
+from selftrain.errors import USER_ERROR, describe
 
 if TYPE_CHECKING:
     from selftrain.config import TeacherConfig
@@ -40,10 +44,40 @@ def _print_markdown(text: str) -> None:
     Console().print(Markdown(text))
 
 
-def _fail(error: object, code: int = 1) -> NoReturn:
-    """Print ``error: ...`` on stderr and exit with ``code``."""
-    typer.echo(f"error: {error}", err=True)
+_DEBUG = {"on": False}
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="show an error's traceback (or SELFTRAIN_DEBUG=1)")
+    ] = False,
+) -> None:
+    """Teach small LMs to reason."""
+    _DEBUG["on"] = debug or os.environ.get("SELFTRAIN_DEBUG", "") not in ("", "0")
+
+
+def _fail(error: object, code: int = USER_ERROR) -> NoReturn:
+    """Print ``error: ...`` on stderr (with the process's rank under a launcher) and exit."""
+    several = os.environ.get("WORLD_SIZE", "1") != "1"
+    prefix = f"rank {os.environ.get('RANK', 0)}: " if several else ""
+    typer.echo(f"{prefix}error: {error}", err=True)
     raise typer.Exit(code) from None
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """One error path for every command: a failure is one line and an exit status
+    (selftrain/errors.py); the traceback only with --debug."""
+    try:
+        yield
+    except (typer.Exit, click.ClickException, click.exceptions.Exit):
+        raise
+    except (Exception, KeyboardInterrupt) as e:
+        if _DEBUG["on"]:
+            raise
+        message, code = describe(e)
+        _fail(message, code)
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -87,24 +121,14 @@ def run(
 
     Several processes: `accelerate launch --num_processes N -m selftrain run RECIPE`."""
     _start()
-    from selftrain.config import RecipeError, load_recipe
-    from selftrain.models import ModelLoadError
-    from selftrain.pipeline import dpo_st, srit
-    from selftrain.rundir import RunDirError
-    from selftrain.runtime import RuntimeSetupError, launched_processes
-    from selftrain.teachers import TeacherError
+    overrides = _overrides(set_ or [])
+    with _errors():
+        from selftrain.config import load_recipe
+        from selftrain.pipeline import dpo_st, srit
 
-    try:
-        r = load_recipe(recipe, _overrides(set_ or []))
-    except RecipeError as e:
-        _fail(e, 2)
-    try:
+        r = load_recipe(recipe, overrides)
         pipeline = srit if r.method == "srit" else dpo_st  # dpo_st, self_training
         pipeline.run(r, run_dir or Path("runs") / r.name)
-    except (ModelLoadError, RunDirError, RuntimeSetupError, TeacherError, ValueError) as e:
-        rank = f"rank {os.environ.get('RANK', 0)}: " if launched_processes() > 1 else ""
-        typer.echo(f"{rank}error: {e}", err=True)
-        raise typer.Exit(1) from None
 
 
 def _build_tasks(names: list[str], data_dir: Path | None, style: str, n_shots: int) -> list:
@@ -194,20 +218,15 @@ def eval_(
     """Accuracy of a model on benchmark tasks, with 95% intervals, as JSON and Markdown;
     with --compare-to, the paired difference to another model (McNemar, 95% interval)."""
     _start()
-    from selftrain.eval.suite import load_student, markdown_table, run_eval
-    from selftrain.models import ModelLoadError
-    from selftrain.runtime import RuntimeSetupError
-    from selftrain.tasks.data import DataError
+    built = _build_tasks(tasks.split(","), data_dir, style, n_shots)
+    autocast = _precision(precision)
+    with _errors():
+        from selftrain.eval.suite import load_student, markdown_table, run_eval
 
-    try:
-        built = _build_tasks(tasks.split(","), data_dir, style, n_shots)
-        autocast = _precision(precision)
         student, label = load_student(model, gguf_file, adapter, device, autocast, system_prompt)
         folder = out or Path("evals") / label
         settings = {k: ctx.params[k] for k in _RUN_EVAL_OPTIONS}
         summary = run_eval(student, built, folder, model_name=label, **settings)
-    except (DataError, ModelLoadError, RuntimeSetupError, ValueError, KeyError) as e:
-        _fail(e)
     if student.runtime.is_main:
         _print_markdown(markdown_table(summary))
         typer.echo(f"results: {folder / 'results.json'}, {folder / 'results.md'}")
@@ -228,15 +247,13 @@ def compare_(
 
     for folder in (a, b):
         if not folder.is_dir():
-            _fail(f"{folder}: no such folder")
-    try:
+            _fail(f"{folder}: no such folder (an eval --out folder or runs/NAME/eval/MODEL)")
+    with _errors():
         result = compare_folders(a, b)
-    except ValueError as e:
-        _fail(e)
-    typer.echo(f"A: {a}\nB: {b}")
-    _print_markdown(compare_table(result))
-    if out is not None:
-        write_json_atomic(out, {"a": str(a), "b": str(b), "tasks": result})
+        typer.echo(f"A: {a}\nB: {b}")
+        _print_markdown(compare_table(result))
+        if out is not None:
+            write_json_atomic(out, {"a": str(a), "b": str(b), "tasks": result})
 
 
 @app.command("tasks")
@@ -324,11 +341,9 @@ def demos(
     setup_logging()
     cfg = _teacher_config(ctx.params)
     out = out or Path("demos") / f"{task.replace(':', '_')}.{split}.jsonl"
-    try:
-        built = _build_tasks([task], data_dir, "cot", 4)[0]
+    built = _build_tasks([task], data_dir, "cot", 4)[0]
+    with _errors():
         source, stats = teacher_demos(cfg, built, built.load(split, limit), out, progress=progress)
-    except _demos_errors(cfg.kind) as e:
-        _fail(e)
     console = Console()
     if not console.is_terminal:  # a log or a pipe: no need to squeeze the table into 80 columns
         console = Console(width=max(console.width, 132))
@@ -357,21 +372,7 @@ def _teacher_config(options: dict) -> TeacherConfig:
         msgs = "; ".join(
             f"{'.'.join(map(str, x['loc'])) or 'teacher'}: {x['msg']}" for x in e.errors()
         )
-        _fail(msgs, 2)
-
-
-def _demos_errors(kind: str) -> tuple[type[Exception], ...]:
-    """The errors a demos run reports and exits on (a model's only for a local teacher: it
-    imports torch)."""
-    from selftrain.tasks.data import DataError
-    from selftrain.teachers import TeacherError
-
-    errors: tuple[type[Exception], ...] = (DataError, TeacherError, ValueError, KeyError)
-    if kind == "hf":
-        from selftrain.models import ModelLoadError
-
-        errors = (*errors, ModelLoadError)
-    return errors
+        _fail(msgs)
 
 
 @app.command()

@@ -1,7 +1,16 @@
-"""The run directory: the resolved recipe, which stages are done, stage timings, metrics."""
+"""The run directory: the resolved recipe, which stages are done and what each produced, stage
+timings, metrics.
+
+state.json is the truth. A stage marked done also records its outputs: every file it wrote
+(bytes, records for JSONL, sha256), what it returns to later stages, and the metrics it set.
+Every start checks those files: a stage whose output is missing, torn or changed is redone
+(with a warning), and metrics.json is rebuilt from the records when it is lost.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -33,6 +42,9 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"{self.path} is a file, not a run directory")
         self._lock: IO[str] | None = None
+        self._current: str | None = None  # the stage in progress
+        self._puts: list[list[Any]] = []  # the metrics it has set
+        self._redo: dict[str, dict[str, Any]] = {}  # stages found broken: their old record
         if self.runtime.is_main:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock = _lock(self.path)  # held until close() or the process ends
@@ -79,6 +91,11 @@ class RunDir:
             )
         self._state_path = self.path / "state.json"
         self._metrics_path = self.path / "metrics.json"
+        if self.runtime.is_main:
+            self.state = _read_state(self._state_path)
+            self._verify()
+            self._load_metrics()
+        self.runtime.barrier()
         self._read()
 
     def _read(self) -> None:
@@ -87,40 +104,135 @@ class RunDir:
             read_json(self._metrics_path) if self._metrics_path.exists() else {}
         )
 
+    def _verify(self) -> None:
+        """Check every done stage's recorded outputs; a stage whose files are missing, torn or
+        changed is marked undone (its remaining outputs removed), so this run redoes it."""
+        records = self.state.setdefault("stages", {})
+        for name in list(self.state["done"]):
+            record = records.get(name)
+            if record is None:  # done by a version that kept no record: trusted
+                continue
+            problem = _check(self.path, record["outputs"])
+            if problem:
+                log.warning("stage %s: %s; the stage is redone", name, problem)
+                self._redo[name] = {**record, "later": self._invalidate(name)}
+        self._save_state()
+
+    def _invalidate(self, name: str) -> list[str]:
+        """Mark ``name`` undone and remove the files it recorded; returns the done stages that
+        came after it."""
+        done = self.state["done"]
+        i = done.index(name)
+        later = done[i + 1 :]
+        del done[i]
+        record = self.state["stages"].pop(name, None) or {"outputs": {}}
+        for rel in record["outputs"]:
+            (self.path / rel).unlink(missing_ok=True)
+        self.state.setdefault("redo_at", {})[name] = i
+        return later
+
+    def _load_metrics(self) -> None:
+        """metrics.json, rebuilt from the stage records when it is missing or unreadable."""
+        try:
+            if self._metrics_path.exists():
+                read_json(self._metrics_path)
+                return
+            problem = "missing"
+        except (ValueError, UnicodeDecodeError):
+            problem = "unreadable"
+        puts = [(n, p) for n in self.state["done"] for p in self._record(n).get("metrics", [])]
+        if not puts:
+            return
+        log.warning("metrics.json is %s; rebuilt from state.json's stage records", problem)
+        self.metrics = {}
+        for _, (key, value) in puts:
+            self.put(key, value)
+        self._stage_metrics()
+
+    def _record(self, name: str) -> dict[str, Any]:
+        return self.state.get("stages", {}).get(name) or {}
+
     def __truediv__(self, name: str) -> Path:
         return self.path / name
 
     def done(self, stage: str) -> bool:
         return stage in self.state["done"]
 
+    def result(self, stage: str) -> dict[str, Any]:
+        """What a done stage returned to later stages (the dict its ``stage`` block filled)."""
+        return dict(self._record(stage).get("result", {}))
+
     @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        """Time a stage (seconds add up across resumed attempts) and mark it done on success.
-        Work inside that only rank 0 does (``if rd.runtime.is_main``) is seen by the other
-        ranks once the stage has ended."""
+    def stage(self, name: str) -> Iterator[dict[str, Any]]:
+        """Time a stage (seconds add up across resumed attempts) and mark it done on success,
+        recording the files it wrote, the metrics it set and the dict it yields, which the
+        stage fills with what later stages need (:meth:`result`). Work inside that only rank 0
+        does (``if rd.runtime.is_main``) is seen by the other ranks once the stage has ended."""
         if self.runtime.is_main:
             log.info("stage %s", name)
+            running = self.state.get("running") or {}
+            if running.get("stage") != name:  # a resumed attempt keeps the first's snapshot
+                self.state["running"] = {"stage": name, "before": _snapshot(self.path)}
+                self._save_state()
         start = time.monotonic()
+        result: dict[str, Any] = {}
+        self._current, self._puts = name, []
         try:
-            yield
+            yield result
         finally:
+            self._current = None
             secs = self.state["seconds"]
             secs[name] = round(secs.get(name, 0.0) + time.monotonic() - start, 1)
             peak = _peak_rss_mb()
             if peak is not None:  # the process's peak so far: the stage that raised it shows
                 self.state.setdefault("peak_rss_mb", {})[name] = peak
             self._save_state()
-        self.state["done"].append(name)
-        self._save_state()
-        if self.metrics:  # keep metrics.json's timings complete, this stage's included
-            self.set_metric("stage_seconds", dict(self.state["seconds"]))
-            if "peak_rss_mb" in self.state:
-                self.set_metric("peak_rss_mb", dict(self.state["peak_rss_mb"]))
+        if self.runtime.is_main:
+            self._finish(name, result)
         self.runtime.barrier()
         if not self.runtime.is_main:
             self._read()
 
+    def _finish(self, name: str, result: dict[str, Any]) -> None:
+        """Record what stage ``name`` produced and mark it done (rank 0)."""
+        before = self.state.pop("running", {}).get("before", {})
+        outputs = {
+            rel: _describe(self.path / rel, st)
+            for rel, st in _snapshot(self.path).items()
+            if before.get(rel) != st
+        }
+        self.state.setdefault("stages", {})[name] = {
+            "outputs": outputs,
+            "result": result,
+            "metrics": self._puts,
+        }
+        at = self.state.get("redo_at", {}).pop(name, len(self.state["done"]))
+        self.state["done"].insert(at, name)
+        old = self._redo.pop(name, None)
+        if old is not None and _hashes(old["outputs"]) != _hashes(outputs):
+            later = [s for s in old["later"] if self.done(s)]
+            if later:
+                log.warning(
+                    "stage %s: its redone outputs differ from the ones the stages after it used; "
+                    "%s are redone too",
+                    name,
+                    ", ".join(later),
+                )
+            for s in later:
+                self._invalidate(s)
+        self._save_state()
+        self._stage_metrics()
+
+    def _stage_metrics(self) -> None:
+        """Keep metrics.json's timings complete (every stage's so far)."""
+        if self.metrics:
+            self.set_metric("stage_seconds", dict(self.state["seconds"]))
+            if "peak_rss_mb" in self.state:
+                self.set_metric("peak_rss_mb", dict(self.state["peak_rss_mb"]))
+
     def set_metric(self, key: str, value: Any) -> None:
+        if self._current is not None:
+            self._puts.append([[key], value])
         self.metrics[key] = value
         self.metrics["stage_seconds"] = dict(self.state["seconds"])
         if self.runtime.is_main:
@@ -132,13 +244,18 @@ class RunDir:
         if len(key) == 1:
             self.set_metric(key[0], value)
             return
+        if self._current is not None:
+            self._puts.append([list(key), value])
         top = self.metrics.get(key[0])
         top = top if isinstance(top, dict) else {}
         node = top
         for k in key[1:-1]:
             node = node.setdefault(k, {})
         node[key[-1]] = value
-        self.set_metric(key[0], top)
+        self.metrics[key[0]] = top
+        self.metrics["stage_seconds"] = dict(self.state["seconds"])
+        if self.runtime.is_main:
+            write_json_atomic(self._metrics_path, self.metrics)
 
     def get(self, key: str | Sequence[str]) -> Any:
         """A (nested) entry of metrics.json, ``{}`` where it is absent."""
@@ -155,6 +272,70 @@ class RunDir:
     def _save_state(self) -> None:
         if self.runtime.is_main:
             write_json_atomic(self._state_path, self.state)
+
+
+# files of the run directory that belong to no stage
+_BOOKKEEPING = {"recipe.yaml", "state.json", "metrics.json", "log.txt"}
+
+
+def _snapshot(root: Path) -> dict[str, list[int]]:
+    """Every stage-written file under ``root``: its [bytes, mtime in ns] (hidden files, the
+    bookkeeping files and vLLM's scratch folder left out)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = Path(dirpath).relative_to(root)
+        if rel_dir.parts[:1] == ("vllm",):
+            continue
+        for f in sorted(filenames):
+            rel = (rel_dir / f).as_posix()
+            if f.startswith(".") or rel in _BOOKKEEPING:
+                continue
+            st = os.stat(Path(dirpath) / f)
+            out[rel] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def _describe(path: Path, st: list[int]) -> dict[str, Any]:
+    """A stage output's record: bytes, mtime, sha256, and records for JSONL."""
+    digest, lines = _sha256(path)
+    out: dict[str, Any] = {"bytes": st[0], "mtime_ns": st[1]}
+    if path.suffix == ".jsonl":
+        out["records"] = lines
+    out["sha256"] = digest
+    return out
+
+
+def _sha256(path: Path) -> tuple[str, int]:
+    """A file's sha256 and its number of lines, read in 1 MiB blocks."""
+    h, lines = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+            lines += block.count(b"\n")
+    return h.hexdigest(), lines
+
+
+def _hashes(outputs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    return {rel: d["sha256"] for rel, d in outputs.items()}
+
+
+def _check(root: Path, outputs: dict[str, dict[str, Any]]) -> str | None:
+    """What is wrong with a done stage's recorded outputs (None: nothing). The content is
+    hashed only when the modification time changed."""
+    for rel, want in outputs.items():
+        path = root / rel
+        if not path.is_file():
+            return f"its output {rel} is missing"
+        st = path.stat()
+        if st.st_size != want["bytes"]:
+            return (
+                f"its output {rel} has {st.st_size} bytes, not the {want['bytes']} it had "
+                "when the stage ended (cut short or changed)"
+            )
+        if st.st_mtime_ns != want["mtime_ns"] and _sha256(path)[0] != want["sha256"]:
+            return f"its output {rel} changed after the stage ended"
+    return None
 
 
 def _read_saved(path: Path) -> Any:

@@ -132,7 +132,7 @@ def test_cli_eval_and_tasks(tiny_dir, root, tmp_path):
     missing = runner.invoke(
         app, ["eval", "--model", str(tiny_dir), "--tasks", "svamp", "--data-dir", str(tmp_path)]
     )
-    assert missing.exit_code == 1 and "svamp/SVAMP.json" in missing.output
+    assert missing.exit_code == 2 and "svamp/SVAMP.json" in missing.output
     listed = runner.invoke(app, ["tasks", "--data-dir", str(root)])
     assert listed.exit_code == 0 and "gsm8k" in listed.output and "7,473" in listed.output
 

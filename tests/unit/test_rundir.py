@@ -1,7 +1,10 @@
-"""The run directory: one run at a time (a lock naming its holder)."""
+"""The run directory: one run at a time (a lock naming its holder); verified stages."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -9,6 +12,7 @@ import sys
 import pytest
 
 from selftrain.config import load_recipe
+from selftrain.io import write_jsonl_atomic, write_text_atomic
 from selftrain.rundir import RunDir, RunDirError
 
 
@@ -81,3 +85,100 @@ def test_a_broken_saved_recipe_is_named(tmp_path):
         RunDir(tmp_path, load_recipe())
     with RunDir(tmp_path / "other", load_recipe()):  # and nothing else is locked
         pass
+
+
+def _two_stages(path, log: list[str]) -> dict:
+    """A run of two stages: ``a`` writes a.jsonl and returns a count, ``b`` writes b/out.txt
+    from it; ``log`` gets the stages that ran."""
+    with RunDir(path, load_recipe()) as rd:
+        if not rd.done("a"):
+            with rd.stage("a") as result:
+                log.append("a")
+                write_jsonl_atomic(rd / "a.jsonl", [{"id": i} for i in range(3)])
+                rd.put(("a", "stats"), {"records": 3})
+                result["count"] = 3
+        count = rd.result("a")["count"]
+        if not rd.done("b"):
+            with rd.stage("b"):
+                log.append("b")
+                write_text_atomic(
+                    rd / "b" / "out.txt", f"{count} and {(rd / 'a.jsonl').read_text()}"
+                )
+                rd.set_metric("b", {"bytes": count})
+        return rd.metrics
+
+
+def test_a_done_stage_records_its_files_counts_and_hashes(tmp_path):
+    _two_stages(tmp_path, [])
+    state = json.loads((tmp_path / "state.json").read_text())
+    a = state["stages"]["a"]
+    assert set(a["outputs"]) == {"a.jsonl"}
+    assert a["outputs"]["a.jsonl"]["records"] == 3
+    assert (
+        a["outputs"]["a.jsonl"]["sha256"]
+        == hashlib.sha256((tmp_path / "a.jsonl").read_bytes()).hexdigest()
+    )
+    assert a["result"] == {"count": 3}
+    assert set(state["stages"]["b"]["outputs"]) == {"b/out.txt"}
+    assert "running" not in state
+
+
+@pytest.mark.parametrize("damage", ["cut", "delete", "edit"])
+def test_a_torn_missing_or_changed_output_redoes_its_stage_and_only_it(tmp_path, caplog, damage):
+    _two_stages(tmp_path, [])
+    before = (tmp_path / "a.jsonl").read_bytes()
+    target = tmp_path / "a.jsonl"
+    if damage == "cut":
+        target.write_bytes(before[: len(before) // 2])  # a torn file: cut mid-line
+    elif damage == "delete":
+        target.unlink()
+    else:
+        target.write_bytes(before.replace(b"1", b"7"))  # same size, other content
+    ran: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="selftrain"):
+        _two_stages(tmp_path, ran)
+    assert ran == ["a"]  # the same output again: b's input is unchanged, b is not redone
+    assert "stage a: its output a.jsonl" in caplog.text and "redone" in caplog.text
+    assert target.read_bytes() == before
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["done"] == ["a", "b"]
+
+
+def test_a_touched_but_unchanged_output_is_not_redone(tmp_path):
+    _two_stages(tmp_path, [])
+    os.utime(tmp_path / "a.jsonl", (0, 0))  # the modification time alone changed
+    ran: list[str] = []
+    _two_stages(tmp_path, ran)
+    assert ran == []
+
+
+def test_a_redone_stage_with_other_outputs_redoes_the_stages_after_it(tmp_path, monkeypatch):
+    _two_stages(tmp_path, [])
+    (tmp_path / "a.jsonl").unlink()
+    import selftrain.rundir as rundir_module
+
+    real = rundir_module._describe
+
+    def other(path, st):  # the redone a.jsonl hashes differently (as on a nondeterministic GPU)
+        d = real(path, st)
+        return {**d, "sha256": "0" * 64} if path.name == "a.jsonl" else d
+
+    monkeypatch.setattr(rundir_module, "_describe", other)
+    ran: list[str] = []
+    _two_stages(tmp_path, ran)
+    assert ran == ["a", "b"]
+
+
+def test_lost_metrics_are_rebuilt_from_the_stage_records(tmp_path, caplog):
+    metrics = _two_stages(tmp_path, [])
+    for broken in (None, "{not json"):
+        if broken is None:
+            (tmp_path / "metrics.json").unlink()
+        else:
+            (tmp_path / "metrics.json").write_text(broken)
+        ran: list[str] = []
+        with caplog.at_level(logging.WARNING, logger="selftrain"):
+            again = _two_stages(tmp_path, ran)
+        assert ran == [] and again == metrics
+        assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+        assert "rebuilt from state.json" in caplog.text

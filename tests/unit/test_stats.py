@@ -66,9 +66,9 @@ def test_compare_command_says_what_is_wrong(tmp_path):
     _answers(a, "x.jsonl", [1])
     _answers(b, "y.jsonl", [1])
     ran = CliRunner().invoke(app, ["compare", str(a), str(b)])
-    assert ran.exit_code == 1 and "no answers to the same task" in ran.output
+    assert ran.exit_code == 2 and "no answers to the same task" in ran.output
     (b / "x.jsonl").write_text('{"id": "q0"}\n')
     ran = CliRunner().invoke(app, ["compare", str(a), str(b)])
-    assert ran.exit_code == 1 and "record 1: no 'id' or 'correct'" in ran.output
+    assert ran.exit_code == 2 and "record 1: no 'id' or 'correct'" in ran.output
     ran = CliRunner().invoke(app, ["compare", str(a), str(tmp_path / "nope")])
-    assert ran.exit_code == 1 and "no such folder" in ran.output
+    assert ran.exit_code == 2 and "no such folder" in ran.output

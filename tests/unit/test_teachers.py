@@ -692,7 +692,7 @@ def test_cli_demos_exits_nonzero_while_requests_failed(tmp_path):
         "--out", str(tmp_path / "d.jsonl"), "--cache-dir", str(tmp_path / "c"), "--no-progress",
     ]  # fmt: skip
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 1 and "2 requests failed" in result.output
+    assert result.exit_code == 2 and "2 requests failed" in result.output
 
 
 # ---- the fault proxy against the fake server (fast; the real server: test_teachers_llama) -

@@ -30,7 +30,7 @@ from selftrain.progress import log, setup_logging
 from selftrain.rundir import RunDir
 from selftrain.runtime import Runtime
 from selftrain.sampling import Engine, make_engine
-from selftrain.stages.data import EvalSet, Prompts, dpo_st_data, gold_rationale
+from selftrain.stages.data import EvalSet, Prompts, dpo_st_data, dpo_st_splits, gold_rationale
 from selftrain.stages.dpo import dpo_stage
 from selftrain.stages.evaluate import Evaluator
 from selftrain.stages.pairs import TokenSets, dpo_st_pairs_stage
@@ -73,18 +73,29 @@ def run(recipe: DPOSTRecipe, run_dir: str | Path) -> dict:
     if not isinstance(recipe, DPOSTRecipe):
         raise ValueError("dpo_st.run needs a recipe with method dpo_st or self_training")
     runtime = Runtime.start(recipe.student.device)
-    with RunDir(run_dir, recipe, runtime) as rd:  # locked: one run at a time
-        return _run(rd, recipe, runtime)
-
-
-def _run(rd: RunDir, recipe: DPOSTRecipe, runtime: Runtime) -> dict:
-    setup_logging(rd / "log.txt" if runtime.is_main else None, quiet=not runtime.is_main)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
+    # the task, its data and the student load before the run directory is made: an error in
+    # any of them leaves nothing behind, and fixing it is not "a different recipe"
     task = tasks.get(recipe.task.name, **recipe.task.args)
-    train, evals = dpo_st_data(rd, task, recipe)
+    loaded = dpo_st_splits(task, recipe)
     student = Student.load(recipe.student, runtime)  # after the seed: LoRA's initial weights
+    with RunDir(run_dir, recipe, runtime) as rd:  # locked: one run at a time
+        setup_logging(rd / "log.txt" if runtime.is_main else None, quiet=not runtime.is_main)
+        train, evals = dpo_st_data(rd, task, loaded, recipe)
+        return _run(rd, recipe, runtime, task, student, train, evals)
+
+
+def _run(
+    rd: RunDir,
+    recipe: DPOSTRecipe,
+    runtime: Runtime,
+    task,
+    student: Student,
+    train: list[Example],
+    evals: list[EvalSet],
+) -> dict:
     gold = {e.id: gold_rationale(task, e) for e in train[: recipe.dpo_st.gold_questions]}
     engine = make_engine(recipe.sampling.engine, recipe.sampling.vllm, runtime, rd / "vllm")
     run = _Run(

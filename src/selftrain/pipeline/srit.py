@@ -23,7 +23,7 @@ from selftrain.progress import console, log, setup_logging
 from selftrain.rundir import RunDir
 from selftrain.runtime import Runtime
 from selftrain.sampling import Engine, make_engine
-from selftrain.stages.data import Prompts, eval_sets, srit_data
+from selftrain.stages.data import Prompts, eval_sets, srit_data, srit_splits
 from selftrain.stages.demos import demo_examples, demos
 from selftrain.stages.dpo import dpo_stage, has_pairs
 from selftrain.stages.evaluate import Evaluator, compare_stage
@@ -44,19 +44,24 @@ def run(recipe: Recipe, run_dir: str | Path) -> dict:
     """Run (or resume) the SRIT recipe in ``run_dir``; return metrics.json's content. Under
     ``accelerate launch`` every process runs this, and rank 0 writes the run directory."""
     runtime = Runtime.start(recipe.student.device)
-    with RunDir(run_dir, recipe, runtime) as rd:  # locked: one run at a time
-        return _run(rd, recipe, runtime)
-
-
-def _run(rd: RunDir, recipe: Recipe, runtime: Runtime) -> dict:
-    main = runtime.is_main
-    setup_logging(rd / "log.txt" if main else None, quiet=not main)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
+    # the task, its data and the student load before the run directory is made: an error in
+    # any of them leaves nothing behind, and fixing it is not "a different recipe"
     task = tasks.get(recipe.task.name, **recipe.task.args)
-    splits = srit_data(rd, task, recipe)
+    loaded = srit_splits(task, recipe)
     student = Student.load(recipe.student, runtime)
+    with RunDir(run_dir, recipe, runtime) as rd:  # locked: one run at a time
+        main = runtime.is_main
+        setup_logging(rd / "log.txt" if main else None, quiet=not main)
+        return _run(rd, recipe, runtime, task, srit_data(rd, loaded), student)
+
+
+def _run(
+    rd: RunDir, recipe: Recipe, runtime: Runtime, task, splits: dict, student: Student
+) -> dict:
+    main = runtime.is_main
     engine = make_engine(recipe.sampling.engine, recipe.sampling.vllm, runtime, rd / "vllm")
     if main:
         log.info(

@@ -45,9 +45,10 @@ def _write(path: Path, examples: list[Example]) -> None:
     write_jsonl_atomic(path, (e.to_dict() for e in examples))
 
 
-def srit_data(rd: RunDir, task: Task, recipe: SRITRecipe) -> dict[str, list[Example]]:
-    """SRIT's splits: train (the demonstrated questions, then the sampled ones), validation
-    (SFT's early stopping) and every evaluation split."""
+def srit_splits(task: Task, recipe: SRITRecipe) -> dict[str, list[Example]]:
+    """SRIT's splits as the task gives them (loaded before the run directory is made, so a
+    data error leaves nothing behind): train (the demonstrated questions, then the sampled
+    ones), validation (SFT's early stopping) and every evaluation split."""
     needed = {"train", "validation", *recipe.eval.splits}
     missing = needed - set(task.splits())
     if missing:
@@ -55,41 +56,53 @@ def srit_data(rd: RunDir, task: Task, recipe: SRITRecipe) -> dict[str, list[Exam
             f"task '{recipe.task.name}' has no split(s) {sorted(missing)}; "
             f"it has {task.splits()} (recipe key eval.splits)"
         )
-    if not rd.done("data"):
-        with rd.stage("data"):
-            n_train = max(
-                recipe.teacher.n_questions, recipe.sampling.offset + recipe.sampling.n_questions
+    n_train = max(recipe.teacher.n_questions, recipe.sampling.offset + recipe.sampling.n_questions)
+    out = {}
+    for split in sorted(needed):
+        n = {"train": n_train, "validation": recipe.sft.val_questions}.get(
+            split, recipe.eval.n_per_split.get(split, recipe.eval.n)
+        )
+        examples = task.load(split, n)
+        if not examples:
+            raise ValueError(
+                f"task '{recipe.task.name}': split {split} has no questions (check its data "
+                "file, or the task's size in task.args)"
             )
-            for split in sorted(needed) if rd.runtime.is_main else []:
-                n = {"train": n_train, "validation": recipe.sft.val_questions}.get(
-                    split, recipe.eval.n_per_split.get(split, recipe.eval.n)
-                )
-                examples = task.load(split, n)
-                if len(examples) < n:
-                    log.warning(
-                        "split %s has %d questions, fewer than the %d asked for (recipe key "
-                        "eval.n, or the task's size, e.g. task.args.n_test)",
-                        split,
-                        len(examples),
-                        n,
-                    )
-                _write(rd / "data" / f"{split}.jsonl", examples)
-    splits = {s: read_examples(rd / "data" / f"{s}.jsonl") for s in needed}
-    if len(splits["train"]) <= recipe.sampling.offset:
+        if len(examples) < n:
+            log.warning(
+                "split %s has %d questions, fewer than the %d asked for (recipe key eval.n, or "
+                "the task's size, e.g. task.args.n_test)",
+                split,
+                len(examples),
+                n,
+            )
+        out[split] = examples
+    if len(out["train"]) <= recipe.sampling.offset:
         raise ValueError(
-            f"no training questions to sample: the train split has {len(splits['train'])} "
+            f"no training questions to sample: the train split has {len(out['train'])} "
             f"and sampling.offset is {recipe.sampling.offset} (recipe key sampling.offset)"
         )
-    return splits
+    return out
+
+
+def srit_data(rd: RunDir, splits: dict[str, list[Example]]) -> dict[str, list[Example]]:
+    """Stage ``data``: ``splits`` written to ``data/`` once; what a run and its resumes use is
+    read back from there."""
+    if not rd.done("data"):
+        with rd.stage("data"):
+            for split, examples in splits.items() if rd.runtime.is_main else []:
+                _write(rd / "data" / f"{split}.jsonl", examples)
+    return {s: read_examples(rd / "data" / f"{s}.jsonl") for s in splits}
 
 
 def eval_sets(task: Task, splits: dict[str, list[Example]], names: list[str]) -> list[EvalSet]:
     return [EvalSet(name, task, splits[name]) for name in names]
 
 
-def dpo_st_data(rd: RunDir, task: Task, recipe: DPOSTRecipe) -> tuple[list[Example], list[EvalSet]]:
-    """DPO-ST's training questions (less a ``dev`` hold-out) and every evaluation set: the
-    task's splits and ``dpo_st.eval_tasks``."""
+def dpo_st_splits(task: Task, recipe: DPOSTRecipe) -> dict[str, list[Example]]:
+    """DPO-ST's question sets by file name under ``data/`` (loaded before the run directory is
+    made): ``train`` (less a ``dev`` hold-out), the task's evaluation splits and
+    ``tasks/LABEL`` for each of ``dpo_st.eval_tasks``."""
     cfg = recipe.dpo_st
     have = set(task.splits())
     wanted = [s for s in recipe.eval.splits if s != "dev"]
@@ -109,30 +122,7 @@ def dpo_st_data(rd: RunDir, task: Task, recipe: DPOSTRecipe) -> tuple[list[Examp
             "dpo_st.eval_tasks: every label must differ from the others and from "
             "eval.splits (set 'label')"
         )
-    extra = [tasks.get(t.name, **t.args) for t in cfg.eval_tasks]
-    data = rd / "data"
-    if not rd.done("data"):
-        with rd.stage("data"):
-            if rd.runtime.is_main:
-                _write_dpo_st(data, task, recipe, wanted, dict(zip(labels, extra, strict=True)))
-    train = read_examples(data / "train.jsonl")
-    evals = []
-    for split in recipe.eval.splits:
-        examples = read_examples(data / f"{split}.jsonl")
-        if split == "dev":
-            examples = examples[: recipe.eval.n_per_split.get("dev", recipe.eval.n)]
-        evals.append(EvalSet(split, task, examples))
-    evals += [
-        EvalSet(label, other, read_examples(data / "tasks" / f"{label}.jsonl"))
-        for label, other in zip(labels, extra, strict=True)
-    ]
-    return train, evals
-
-
-def _write_dpo_st(
-    data: Path, task: Task, recipe: DPOSTRecipe, wanted: list[str], extra: dict[str, Task]
-) -> None:
-    cfg = recipe.dpo_st
+    out: dict[str, list[Example]] = {}
     if cfg.dev_holdout:
         pool = task.load("train")
         if len(pool) <= cfg.dev_holdout:
@@ -140,16 +130,47 @@ def _write_dpo_st(
                 f"dpo_st.dev_holdout {cfg.dev_holdout} leaves no training questions "
                 f"(train has {len(pool)})"
             )
-        _write(data / "dev.jsonl", pool[len(pool) - cfg.dev_holdout :][: cfg.limit])
-        train = pool[: len(pool) - cfg.dev_holdout][: _cap(cfg.n_questions, cfg.limit)]
+        out["dev"] = pool[len(pool) - cfg.dev_holdout :][: cfg.limit]
+        out["train"] = pool[: len(pool) - cfg.dev_holdout][: _cap(cfg.n_questions, cfg.limit)]
     else:
-        train = task.load("train", _cap(cfg.n_questions, cfg.limit))
-    _write(data / "train.jsonl", train)
+        out["train"] = task.load("train", _cap(cfg.n_questions, cfg.limit))
     for split in wanted:
         n = _cap(recipe.eval.n_per_split.get(split, recipe.eval.n), cfg.limit)
-        _write(data / f"{split}.jsonl", task.load(split, n))
-    for t, (label, other) in zip(cfg.eval_tasks, extra.items(), strict=True):
-        _write(data / "tasks" / f"{label}.jsonl", other.load(t.split, _cap(t.n, cfg.limit)))
+        out[split] = task.load(split, n)
+    for t, label in zip(cfg.eval_tasks, labels, strict=True):
+        other = tasks.get(t.name, **t.args)
+        out[f"tasks/{label}"] = other.load(t.split, _cap(t.n, cfg.limit))
+    for name, examples in out.items():
+        if not examples:
+            raise ValueError(
+                f"task '{recipe.task.name}': {name} has no questions (check its data file, "
+                "or the task's size in task.args)"
+            )
+    return out
+
+
+def dpo_st_data(
+    rd: RunDir, task: Task, splits: dict[str, list[Example]], recipe: DPOSTRecipe
+) -> tuple[list[Example], list[EvalSet]]:
+    """Stage ``data``: ``splits`` written to ``data/`` once; returns the training questions
+    and every evaluation set, read back from there."""
+    if not rd.done("data"):
+        with rd.stage("data"):
+            for name, examples in splits.items() if rd.runtime.is_main else []:
+                _write(rd / "data" / f"{name}.jsonl", examples)
+    data = rd / "data"
+    train = read_examples(data / "train.jsonl")
+    evals = []
+    for split in recipe.eval.splits:
+        examples = read_examples(data / f"{split}.jsonl")
+        if split == "dev":
+            examples = examples[: recipe.eval.n_per_split.get("dev", recipe.eval.n)]
+        evals.append(EvalSet(split, task, examples))
+    for t in recipe.dpo_st.eval_tasks:
+        label = t.label or t.name
+        other = tasks.get(t.name, **t.args)
+        evals.append(EvalSet(label, other, read_examples(data / "tasks" / f"{label}.jsonl")))
+    return train, evals
 
 
 def _cap(n: int | None, limit: int | None) -> int | None:

@@ -11,6 +11,7 @@ from selftrain.models import Student
 from selftrain.progress import log
 from selftrain.rundir import RunDir
 from selftrain.stages.data import Prompts
+from selftrain.stages.sft import steps_of
 from selftrain.tasks.base import Example
 from selftrain.training.dpo import Pair, reference_logps, train_dpo
 
@@ -36,8 +37,9 @@ def dpo_stage(
     pairs and the last step's statistics. Returns the optimizer steps taken. With no pairs
     and an ``if_empty`` reason, the stage is skipped (the reason recorded) and returns None."""
     if rd.done(stage):
-        return rd.get(key).get("steps")
-    with rd.stage(stage):
+        return steps_of(rd, stage, key)
+    with rd.stage(stage) as result:
+        result["steps"] = None
         if not pairs and if_empty:
             log.warning("%s: %s; DPO is skipped", label, if_empty)
             rd.put(key, {"skipped": if_empty})
@@ -49,6 +51,7 @@ def dpo_stage(
         student.save(out)
         rd.write_json(out.parent.relative_to(rd.path) / "history.json", res.history)
         rd.put(key, {"steps": res.steps, "pairs": len(pairs), "last": res.history[-1]})
+        result["steps"] = res.steps
     return res.steps
 
 

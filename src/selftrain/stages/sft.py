@@ -51,8 +51,9 @@ def sft_stage(
     and ``info``). Returns the optimizer steps taken. With no examples and an ``if_empty``
     reason, the stage is skipped (the reason logged and recorded) and returns None."""
     if rd.done(stage):
-        return rd.get(key).get("steps")
-    with rd.stage(stage):
+        return steps_of(rd, stage, key)
+    with rd.stage(stage) as result:
+        result["steps"] = None
         if not examples and if_empty:
             log.warning(if_empty)
             rd.put(key, {"skipped": if_empty})
@@ -80,7 +81,15 @@ def sft_stage(
             rd.write_json(out.parent.relative_to(rd.path) / "history.json", res.history)
             record["best_step"] = res.best_step
         rd.put(key, {**record, **(info or {})})
+        result["steps"] = res.steps
     return res.steps
+
+
+def steps_of(rd: RunDir, stage: str, key: str | tuple[str, ...]) -> int | None:
+    """The optimizer steps a done training stage took, from its stage record (metrics.json's
+    ``key`` for a run directory older than stage records)."""
+    result = rd.result(stage)
+    return result["steps"] if "steps" in result else rd.get(key).get("steps")
 
 
 def validator(
