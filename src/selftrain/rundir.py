@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from selftrain.config import DPOSTRecipe, Recipe, SRITRecipe, parse_recipe
 from selftrain.io import read_json, write_json_atomic, write_text_atomic
-from selftrain.progress import log
+from selftrain.progress import log, setup_logging
 from selftrain.runtime import Runtime
 
 
@@ -67,6 +67,8 @@ class RunDir:
             self._lock = None
 
     def _open(self, recipe: Recipe) -> None:
+        main = self.runtime.is_main  # the run's log: rank 0 writes log.txt, the others warn only
+        setup_logging(self.path / "log.txt" if main else None, quiet=not main)
         self.runtime.barrier()
         resolved = recipe.model_dump(mode="json")
         saved = self.path / "recipe.yaml"

@@ -266,3 +266,40 @@ def test_ablation_arms_start_from_the_runs_sft_model(tiny_dir, tmp_path, monkeyp
     assert not (run / "ablation" / "rft+dpo").exists()  # the run's own recipe: reused
     out = capsys.readouterr().out
     assert "| dpo |" in out and "| rft+dpo |" in out and "p=" in out
+
+
+def test_a_deleted_checkpoint_is_rebuilt_the_same_and_nothing_after_it_redone(
+    tiny_dir, tmp_path, monkeypatch
+):
+    run = tmp_path / "run"
+    recipe = _recipe(tiny_dir, rft={"enabled": False})
+    srit.run(recipe, run)
+    weights = run / "sft/model/adapter_model.safetensors"
+    before = weights.read_bytes()
+    weights.unlink()
+    monkeypatch.setattr(stage_dpo, "train_dpo", _must_not_run("dpo"))
+    srit.run(recipe, run)
+    logged = (run / "log.txt").read_text()
+    assert "stage sft: its output sft/model/adapter_model.safetensors is missing" in logged
+    assert weights.read_bytes() == before  # retrained to the same bytes: dpo stays done
+
+
+def test_lost_metrics_do_not_change_the_control_steps(tiny_dir, tmp_path, monkeypatch):
+    """The sft_more control trains as many steps as stage 2 took, read from the stage record,
+    not from metrics.json."""
+    run = tmp_path / "run"
+    recipe = _recipe(tiny_dir, rft={"enabled": False})
+    real = stage_sft.train_sft
+
+    def die_in_the_control(student, data, cfg, **kw):
+        if kw.get("label") == "sft_more":
+            raise KeyboardInterrupt
+        return real(student, data, cfg, **kw)
+
+    monkeypatch.setattr(stage_sft, "train_sft", die_in_the_control)
+    with pytest.raises(KeyboardInterrupt):
+        srit.run(recipe, run)
+    (run / "metrics.json").unlink()
+    monkeypatch.setattr(stage_sft, "train_sft", real)
+    metrics = srit.run(recipe, run)
+    assert metrics["sft_more_training"]["steps"] == metrics["dpo_training"]["steps"] > 0

@@ -73,6 +73,7 @@ def run(recipe: DPOSTRecipe, run_dir: str | Path) -> dict:
     if not isinstance(recipe, DPOSTRecipe):
         raise ValueError("dpo_st.run needs a recipe with method dpo_st or self_training")
     runtime = Runtime.start(recipe.student.device)
+    setup_logging(quiet=not runtime.is_main)  # the console until the run directory is open
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
@@ -81,8 +82,8 @@ def run(recipe: DPOSTRecipe, run_dir: str | Path) -> dict:
     task = tasks.get(recipe.task.name, **recipe.task.args)
     loaded = dpo_st_splits(task, recipe)
     student = Student.load(recipe.student, runtime)  # after the seed: LoRA's initial weights
-    with RunDir(run_dir, recipe, runtime) as rd:  # locked: one run at a time
-        setup_logging(rd / "log.txt" if runtime.is_main else None, quiet=not runtime.is_main)
+    # locked: one run at a time; log.txt gets the log from here on
+    with RunDir(run_dir, recipe, runtime) as rd:
         train, evals = dpo_st_data(rd, task, loaded, recipe)
         return _run(rd, recipe, runtime, task, student, train, evals)
 

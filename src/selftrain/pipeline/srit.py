@@ -44,6 +44,7 @@ def run(recipe: Recipe, run_dir: str | Path) -> dict:
     """Run (or resume) the SRIT recipe in ``run_dir``; return metrics.json's content. Under
     ``accelerate launch`` every process runs this, and rank 0 writes the run directory."""
     runtime = Runtime.start(recipe.student.device)
+    setup_logging(quiet=not runtime.is_main)  # the console until the run directory is open
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
@@ -52,9 +53,8 @@ def run(recipe: Recipe, run_dir: str | Path) -> dict:
     task = tasks.get(recipe.task.name, **recipe.task.args)
     loaded = srit_splits(task, recipe)
     student = Student.load(recipe.student, runtime)
-    with RunDir(run_dir, recipe, runtime) as rd:  # locked: one run at a time
-        main = runtime.is_main
-        setup_logging(rd / "log.txt" if main else None, quiet=not main)
+    # locked: one run at a time; log.txt gets the log from here on
+    with RunDir(run_dir, recipe, runtime) as rd:
         return _run(rd, recipe, runtime, task, srit_data(rd, loaded), student)
 
 
