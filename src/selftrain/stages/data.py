@@ -65,6 +65,8 @@ def srit_data(rd: RunDir, task: Task, recipe: SRITRecipe) -> dict[str, list[Exam
                     split, recipe.eval.n_per_split.get(split, recipe.eval.n)
                 )
                 examples = task.load(split, n)
+                if not examples:
+                    raise ValueError(_empty_split(recipe.task.name, split))
                 if len(examples) < n:
                     log.warning(
                         "split %s has %d questions, fewer than the %d asked for (recipe key "
@@ -81,6 +83,18 @@ def srit_data(rd: RunDir, task: Task, recipe: SRITRecipe) -> dict[str, list[Exam
             f"and sampling.offset is {recipe.sampling.offset} (recipe key sampling.offset)"
         )
     return splits
+
+
+def _empty_split(task: str, split: str) -> str:
+    """The error of a split that loaded no questions, naming the recipe keys that size it."""
+    key = {
+        "train": "teacher.n_questions and sampling.n_questions",
+        "validation": "sft.val_questions",
+    }.get(split, f"eval.n_per_split.{split} (or eval.n)")
+    return (
+        f"task '{task}': split {split!r} loaded 0 questions; set recipe key {key} above 0, "
+        "or the task's own size of that split (task.args, e.g. n_test)"
+    )
 
 
 def eval_sets(task: Task, splits: dict[str, list[Example]], names: list[str]) -> list[EvalSet]:
