@@ -221,8 +221,10 @@ def eval_(
     built = _build_tasks(tasks.split(","), data_dir, style, n_shots)
     autocast = _precision(precision)
     with _errors():
-        from selftrain.eval.suite import load_student, markdown_table, run_eval
+        from selftrain.eval.suite import check_out_dir, load_student, markdown_table, run_eval
 
+        if out is not None:  # before the model loads
+            check_out_dir(out)
         student, label = load_student(model, gguf_file, adapter, device, autocast, system_prompt)
         folder = out or Path("evals") / label
         settings = {k: ctx.params[k] for k in _RUN_EVAL_OPTIONS}

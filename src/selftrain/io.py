@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -10,19 +11,40 @@ from pathlib import Path
 from typing import Any
 
 
+def _file_mode() -> int:
+    """The mode ``open`` gives a new file: 0666 less the umask (0644 with the usual 022)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _naming(e: OSError, path: Path) -> OSError:
+    """``e`` with ``path`` as its file name (its errno kept): a full disk or a read-only folder
+    then names the file being written, not a temporary one or none."""
+    return OSError(e.errno, e.strerror or str(e), str(path))
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` so a reader never sees a half-written file."""
+    """Write ``text`` to ``path`` so a reader never sees a half-written file. The file gets
+    the mode an ordinary ``open`` would give it; an OSError names ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder; give a file name", str(path))
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), _file_mode())  # mkstemp makes it 0600
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename != str(path):
+            raise _naming(e, path) from e
         raise
 
 
@@ -30,10 +52,24 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def _read_utf8(path: Path) -> str:
+    """The text of ``path``; bytes that are not UTF-8 are a ValueError naming the file and
+    line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(
+            f"{path}: line {line}: not UTF-8 text (byte {data[e.start]:#04x}); the file is "
+            "damaged or not one selftrain wrote: restore it, or delete it to redo that step"
+        ) from None
+
+
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(_read_utf8(path))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: line {e.lineno}: invalid JSON: {e.msg}") from e
 
@@ -49,7 +85,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = _read_utf8(path).split("\n")
     out = []
     for i, line in enumerate(lines, 1):
         if not line.strip():
@@ -84,14 +120,20 @@ class JsonlWriter:
         self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def write(self, record: dict) -> None:
-        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._f.flush()
+        try:
+            self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._f.flush()
+        except OSError as e:  # a full disk: the error names the file
+            raise _naming(e, self.path) from e
 
     def write_many(self, records: Iterable[dict]) -> None:
-        for r in records:
-            self._f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        try:
+            for r in records:
+                self._f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as e:
+            raise _naming(e, self.path) from e
 
     def close(self) -> None:
         self._f.close()

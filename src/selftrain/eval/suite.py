@@ -4,12 +4,15 @@ Each task is scored either generatively (the model writes its reasoning and an a
 by ``task.is_correct``; the same :func:`selftrain.eval.generative.evaluate` as the training
 loop) or, for multiple choice and yes/no, by the log-likelihood of each option as evaluation
 harnesses do (:func:`selftrain.eval.loglik.evaluate_loglik`). Every answer is appended to
-``OUT/<task>.<scoring>.jsonl`` as it is made, so a rerun resumes; the summary goes to
-``OUT/results.json`` and ``OUT/results.md``.
+``OUT/<task>.<scoring>.jsonl`` as it is made, so a rerun resumes; the settings that made
+them (model, checkpoint, prompt, split, decoding) go beside it in
+``OUT/<task>.<scoring>.settings.json``, and a rerun with other settings is refused rather than
+mixing two models' answers. The summary goes to ``OUT/results.json`` and ``OUT/results.md``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,14 +21,17 @@ from typing import Any
 from selftrain.config import LoraConfig, StudentConfig
 from selftrain.eval.generative import correct_by_id, evaluate
 from selftrain.eval.loglik import evaluate_loglik
-from selftrain.io import write_json_atomic, write_text_atomic
-from selftrain.models import Student
+from selftrain.io import read_json, write_json_atomic, write_text_atomic
+from selftrain.models import Student, checkpoint_files, checkpoint_folder
+from selftrain.progress import log
 from selftrain.runtime import Runtime
 from selftrain.stats import compare
 from selftrain.tasks.base import Example
 from selftrain.tasks.benchmark import BenchmarkTask
 
 __all__ = [
+    "answer_settings",
+    "check_out_dir",
     "compare_folders",
     "compare_table",
     "load_student",
@@ -70,6 +76,8 @@ def load_student(
         system_prompt=system_prompt,
         lora=LoraConfig(enabled=False),
     )
+    if adapter is not None:
+        checkpoint_folder(adapter)  # a missing checkpoint is named before the model loads
     student = Student.load(cfg, Runtime.start(device))
     if adapter is not None:
         student.apply_checkpoint(adapter)
@@ -91,20 +99,35 @@ def run_eval(
     train_task: str | None = None,
     model_name: str = "",
     compare_to: Path | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``student`` on every task; write and return the results. With
     ``compare_to`` (another model's output folder), also the paired comparison of the two on
-    the questions both answered (:func:`compare_folders`)."""
+    the questions both answered (:func:`compare_folders`).
+
+    Answers already in ``out_dir`` are resumed only when they were made with the same
+    :func:`answer_settings` (plus ``settings``, anything else the caller wants kept equal);
+    otherwise a ValueError names the settings that differ. ``limit`` and ``batch_size`` do
+    not change an answer and may differ."""
     if scoring not in SCORING:
         raise ValueError(f"scoring must be one of {', '.join(SCORING)}, not {scoring!r}")
+    check_out_dir(out_dir)
     results: dict[str, Any] = {}
     if student.runtime.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     student.runtime.barrier()
-    for task in tasks:
-        examples = spread(task.load(split), limit)
+    planned = []
+    for task in tasks:  # every task's settings checked before any question is answered
         mode = _scoring_of(task, scoring)
         out = out_dir / f"{_file_name(task.name)}.{mode}.jsonl"
+        key = answer_settings(student, task, mode, split, max_new_tokens, calculator)
+        key.update(settings or {})
+        _check_settings(out, key)
+        planned.append((task, mode, out, key))
+    for task, mode, out, key in planned:
+        examples = spread(task.load(split), limit)
+        if student.runtime.is_main:
+            write_json_atomic(_settings_path(out), key)
         start = time.monotonic()
         if mode == "loglik":
             res = evaluate_loglik(
@@ -139,6 +162,101 @@ def run_eval(
         write_json_atomic(out_dir / "results.json", summary)
         write_text_atomic(out_dir / "results.md", markdown_table(summary))
     return summary
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """A ValueError unless ``out_dir`` is a folder or can be made one (cheap: call it before
+    loading a model)."""
+    out_dir = Path(out_dir)
+    hint = "give --out a folder (a new one, or an earlier evaluation's to resume it)"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"OUT is a file, not a folder: {out_dir}; {hint}")
+    above = next((p for p in out_dir.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ValueError(f"OUT is inside a file, not a folder: {out_dir} ({above}); {hint}")
+
+
+def answer_settings(
+    student: Student,
+    task: BenchmarkTask,
+    mode: str,
+    split: str | None,
+    max_new_tokens: int | None,
+    calculator: bool,
+) -> dict[str, Any]:
+    """Everything that changes ``student``'s answers to ``task`` under ``mode`` (generate or
+    loglik): the model, the checkpoint on it (a hash of its weight files), precision, system
+    prompt, split and, when generating, prompting style and decoding. Log-likelihood scoring
+    reads the bare question, so its key has no style, shots or decoding budget."""
+    cfg = student.cfg
+    model = Path(cfg.model).expanduser()
+    generate = mode == "generate"
+    style = getattr(task, "style", None) if generate else None
+    return {
+        "task": task.name,
+        "model": str(model.resolve()) if model.exists() else cfg.model,
+        "gguf_file": cfg.gguf_file,
+        "adapter_sha256": _sha256(checkpoint_files(student.checkpoint))
+        if student.checkpoint
+        else None,
+        "precision": "bf16" if cfg.autocast_bf16 else "fp32",
+        "system_prompt": cfg.system_prompt,
+        "scoring": mode,
+        "split": split or task.test_split,
+        "style": style,
+        "n_shots": getattr(task, "n_shots", None) if style == "fewshot" else None,
+        "max_new_tokens": (max_new_tokens or task.max_new_tokens()) if generate else None,
+        "calculator": calculator if generate else None,
+    }
+
+
+def _sha256(files: Sequence[Path]) -> str:
+    """One hash of the contents of ``files``, read a megabyte at a time."""
+    h = hashlib.sha256()
+    for file in files:
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _settings_path(answers: Path) -> Path:
+    return answers.with_name(answers.name.removesuffix(".jsonl") + ".settings.json")
+
+
+def _check_settings(answers: Path, settings: dict[str, Any]) -> None:
+    """Refuse to resume the answers in ``answers`` when they were made with other settings
+    (every process checks, so every process stops)."""
+    path = _settings_path(answers)
+    if not answers.exists() or not answers.stat().st_size:
+        return  # no answers yet: nothing to mix up
+    if not path.exists():
+        log.warning(
+            "%s has answers but no %s (an older selftrain): resuming them as made with "
+            "this command's settings",
+            answers,
+            path.name,
+        )
+        return
+    old = read_json(path)
+    if not isinstance(old, dict):
+        raise ValueError(f"{path}: not a settings object; delete it and {answers.name}")
+    diff = [
+        f"{k} {_shown(old.get(k))} -> {_shown(settings.get(k))}"
+        for k in dict.fromkeys([*old, *settings])
+        if old.get(k) != settings.get(k)
+    ]
+    if diff:
+        raise ValueError(
+            f"{answers.parent} holds answers to {settings.get('task')} made with other "
+            f"settings ({'; '.join(diff)}): use another --out, or delete {answers.name} and "
+            f"{path.name} to start over"
+        )
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _scoring_of(task: BenchmarkTask, scoring: str) -> str:

@@ -13,7 +13,13 @@ from selftrain.models.loading import (
     smollm2_gguf,
     tiny_model,
 )
-from selftrain.models.student import Inference, Student, linear_names
+from selftrain.models.student import (
+    Inference,
+    Student,
+    checkpoint_files,
+    checkpoint_folder,
+    linear_names,
+)
 
 __all__ = [
     "DEFAULT_STUDENT",
@@ -21,6 +27,8 @@ __all__ = [
     "ModelLoadError",
     "Student",
     "bf16_is_faster",
+    "checkpoint_files",
+    "checkpoint_folder",
     "linear_names",
     "load_model_and_tokenizer",
     "load_tokenizer",

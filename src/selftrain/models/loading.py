@@ -214,6 +214,14 @@ def _resolve(spec: str, gguf_file: str | None) -> tuple[str, str | None]:
         return str(path.parent), path.name
     if path.is_dir():
         return str(path), gguf_file
+    if path.is_file():
+        raise ModelLoadError(
+            f"{spec}: is a file, not a model; give a model folder (holding config.json), "
+            "a .gguf file, or a hub id"
+        )
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise ModelLoadError(f"{spec}: no such model folder")
+        raise ModelLoadError(
+            f"{spec}: no such model folder; give a model folder (holding config.json), "
+            "a .gguf file, or a hub id"
+        )
     return spec, gguf_file  # a hub id

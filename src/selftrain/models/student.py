@@ -62,6 +62,8 @@ class Student:
         # the folder the current weights were loaded from or saved to (None once training
         # changed them): lets an engine that reads weights from disk skip writing them again
         self.weights_dir: Path | None = None
+        # the run checkpoint applied on top of cfg.model for evaluation (apply_checkpoint)
+        self.checkpoint: Path | None = None
 
     @classmethod
     def load(cls, cfg: StudentConfig, runtime=None) -> Student:
@@ -193,7 +195,13 @@ class Student:
         if self.lora:
             from peft import set_peft_model_state_dict
 
-            state = load_file(directory / "adapter_model.safetensors", device=str(self.device))
+            file = directory / "adapter_model.safetensors"
+            if not file.is_file():
+                raise ModelLoadError(
+                    f"{file}: no such file; {directory} is not a complete LoRA checkpoint "
+                    "(a stage killed while saving?): delete it to redo that stage"
+                )
+            state = load_file(file, device=str(self.device))
             set_peft_model_state_dict(self.model, state)
             self.weights_dir = directory
             return
@@ -213,23 +221,16 @@ class Student:
     def apply_checkpoint(self, directory: str | Path) -> None:
         """Load a run's checkpoint into this (LoRA-less) student for evaluation: a PEFT
         adapter folder is merged into the weights, a full model folder replaces them."""
-        directory = Path(directory)
-        if (directory / "model").is_dir() and not (directory / "adapter_config.json").exists():
-            directory = directory / "model"  # a run's stage folder: runs/x/sft -> runs/x/sft/model
+        directory = checkpoint_folder(directory)
         if (directory / "adapter_config.json").is_file():
             from peft import PeftModel
 
             if self.lora:
                 raise ModelLoadError("apply_checkpoint merges adapters into a LoRA-less student")
             self.model = PeftModel.from_pretrained(self.model, directory).merge_and_unload()
-            return
-        if _weight_files(directory, must=False):
+        else:
             self.load_weights(directory)
-            return
-        raise ModelLoadError(
-            f"{directory}: no adapter_config.json or model.safetensors (expected a checkpoint "
-            "folder written by selftrain run, e.g. runs/NAME/sft/model)"
-        )
+        self.checkpoint = directory
 
     @contextlib.contextmanager
     def inference(self) -> Iterator[Inference]:
@@ -274,6 +275,35 @@ class Inference:
         if self.autocast:
             return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+
+def checkpoint_folder(directory: str | Path) -> Path:
+    """The folder of a run's checkpoint: ``directory`` (a PEFT adapter or full model folder) or
+    its ``model/`` (a stage folder: runs/x/sft -> runs/x/sft/model). A ModelLoadError names
+    the path when it holds none, so ``selftrain eval --adapter`` fails before loading a model."""
+    directory = Path(directory)
+    hint = "give a run's stage folder (runs/NAME/sft, runs/NAME/dpo) or the model/ folder in it"
+    if not directory.exists():
+        raise ModelLoadError(f"{directory}: no such checkpoint folder; {hint}")
+    if not directory.is_dir():
+        raise ModelLoadError(f"{directory}: is a file, not a checkpoint folder; {hint}")
+    if (directory / "model").is_dir() and not (directory / "adapter_config.json").exists():
+        directory = directory / "model"
+    if checkpoint_files(directory):
+        return directory
+    raise ModelLoadError(
+        f"{directory}: no checkpoint in it (no adapter_config.json with adapter_model.safetensors, "
+        "or model.safetensors); has its stage finished? expected a folder written by "
+        "selftrain run, e.g. runs/NAME/sft/model"
+    )
+
+
+def checkpoint_files(directory: Path) -> list[Path]:
+    """The weight files of a checkpoint folder: a PEFT adapter's, or a full model's."""
+    if (directory / "adapter_config.json").is_file():
+        names = ("adapter_model.safetensors", "adapter_model.bin")
+        return [directory / n for n in names if (directory / n).is_file()]
+    return _weight_files(directory, must=False)
 
 
 def _model_device(model: nn.Module) -> torch.device:

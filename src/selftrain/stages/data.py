@@ -64,10 +64,7 @@ def srit_splits(task: Task, recipe: SRITRecipe) -> dict[str, list[Example]]:
         )
         examples = task.load(split, n)
         if not examples:
-            raise ValueError(
-                f"task '{recipe.task.name}': split {split} has no questions (check its data "
-                "file, or the task's size in task.args)"
-            )
+            raise ValueError(_empty_split(recipe.task.name, split))
         if len(examples) < n:
             log.warning(
                 "split %s has %d questions, fewer than the %d asked for (recipe key eval.n, or "
@@ -93,6 +90,18 @@ def srit_data(rd: RunDir, splits: dict[str, list[Example]]) -> dict[str, list[Ex
             for split, examples in splits.items() if rd.runtime.is_main else []:
                 _write(rd / "data" / f"{split}.jsonl", examples)
     return {s: read_examples(rd / "data" / f"{s}.jsonl") for s in splits}
+
+
+def _empty_split(task: str, split: str) -> str:
+    """The error of a split that loaded no questions, naming the recipe keys that size it."""
+    key = {
+        "train": "teacher.n_questions and sampling.n_questions",
+        "validation": "sft.val_questions",
+    }.get(split, f"eval.n_per_split.{split} (or eval.n)")
+    return (
+        f"task '{task}': split {split!r} loaded 0 questions; set recipe key {key} above 0, "
+        "or the task's own size of that split (task.args, e.g. n_test)"
+    )
 
 
 def eval_sets(task: Task, splits: dict[str, list[Example]], names: list[str]) -> list[EvalSet]:

@@ -134,10 +134,19 @@ class BenchmarkTask:
             else:
                 examples = self.read_split(split)
             if not examples:
-                raise DataError(f"task {self.name}: split {split!r} is empty")
+                raise DataError(
+                    f"task {self.name}: split {split!r} has no records in "
+                    f"{self.split_location(split)}; check that file (or the --data-dir)"
+                )
             self._cache[split] = examples
         examples = self._cache[split]
         return list(examples if n is None else examples[:n])
+
+    def split_location(self, split: str) -> str:
+        """Where ``split`` is read from, for error messages: its file, or the hub dataset."""
+        if self.source == "hub":
+            return f"the hub dataset {self.hub_name} ({self.hub_splits[split]} split)"
+        return str(self.root / self.files[split])
 
     def read_split(self, split: str) -> list[Example]:
         """All examples of ``split`` from the data directory (subclasses override)."""

@@ -100,6 +100,13 @@ class MathTask(BenchmarkTask):
             return MATH500_FILE
         return self.files[split]
 
+    def split_location(self, split: str) -> str:
+        return (
+            super().split_location(split)
+            if self.source == "hub"
+            else str(self.root / self.path(split))
+        )
+
     def read_split(self, split: str) -> list[Example]:
         """Examples of ``split`` from the data directory (restricted to the subject, if any).
 

@@ -9,6 +9,7 @@ beside the current directory or the source checkout. Hub datasets are read throu
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ __all__ = [
     "read_json_file",
     "read_jsonl_records",
     "read_lines",
+    "read_text",
     "require_file",
 ]
 
@@ -81,12 +83,25 @@ def require_file(root: Path, relative: str) -> Path:
     return path
 
 
+def read_text(path: Path) -> str:
+    """A data file's text; bytes that are not UTF-8 are a DataError naming the file and line."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte {data[exc.start]:#04x}); "
+            "save the file as UTF-8 or restore the original download"
+        ) from None
+
+
 def read_lines(path: Path) -> list[str]:
     """Lines of a text file without their newline characters."""
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read: {exc}") from exc
+    return read_text(path).splitlines()
 
 
 def read_jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -106,20 +121,20 @@ def read_jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def read_json_file(path: Path) -> Any:
     """A whole JSON document."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read: {exc}") from exc
 
 
 def read_json_array(path: Path, key: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(1-based index, record)`` for each object of a JSON array (or of ``doc[key]``).
 
     Some of our sources call themselves ``.json`` but are JSONL; those are read line by line.
+    An empty file has no records.
     """
-    text = path.read_text(encoding="utf-8") if path.is_file() else ""
-    stripped = text.lstrip()
+    stripped = read_text(path).lstrip()
+    if not stripped:
+        return
     if stripped.startswith("{") and key is None:
         yield from read_jsonl_records(path)
         return
@@ -138,15 +153,12 @@ def read_json_array(path: Path, key: str | None = None) -> Iterator[tuple[int, d
 
 def read_csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     """``(line number, cells)`` for each CSV row (line numbers count physical lines)."""
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
     try:
-        with path.open(encoding="utf-8", newline="") as handle:
-            reader = csv.reader(handle)
-            for row in reader:
-                yield reader.line_num, row
+        for row in reader:
+            yield reader.line_num, row
     except csv.Error as exc:
-        raise DataError(f"{path}: malformed CSV: {exc}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read: {exc}") from exc
+        raise DataError(f"{path}:{reader.line_num}: malformed CSV: {exc}") from exc
 
 
 def field(
