@@ -8,7 +8,31 @@ import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+# Fault injection for the crash test (tests/e2e/test_crash.py). SELFTRAIN_CRASH_AT=N: the N-th
+# file write of this process (an atomic write, or an append of JSONL records) writes half of
+# its text, then the process is killed with SIGKILL, as a power cut or the OOM killer ends it.
+# SELFTRAIN_CRASH_AT=count:PATH writes the number of file writes to PATH at exit.
+_CRASH_AT = os.environ.get("SELFTRAIN_CRASH_AT", "")
+_writes = 0
+
+
+def _write_point(f: IO[str], text: str) -> None:
+    global _writes
+    _writes += 1
+    if _CRASH_AT.isdigit() and _writes == int(_CRASH_AT):
+        import signal
+
+        f.write(text[: len(text) // 2])
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+if _CRASH_AT.startswith("count:"):
+    import atexit
+
+    atexit.register(lambda: Path(_CRASH_AT[6:]).write_text(str(_writes)))
 
 
 def _file_mode() -> int:
@@ -36,6 +60,7 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             os.fchmod(f.fileno(), _file_mode())  # mkstemp makes it 0600
+            _write_point(f, text)
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -121,15 +146,18 @@ class JsonlWriter:
 
     def write(self, record: dict) -> None:
         try:
-            self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            line = json.dumps(record, ensure_ascii=False) + "\n"
+            _write_point(self._f, line)
+            self._f.write(line)
             self._f.flush()
         except OSError as e:  # a full disk: the error names the file
             raise _naming(e, self.path) from e
 
     def write_many(self, records: Iterable[dict]) -> None:
         try:
-            for r in records:
-                self._f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+            _write_point(self._f, text)
+            self._f.write(text)
             self._f.flush()
             os.fsync(self._f.fileno())
         except OSError as e:

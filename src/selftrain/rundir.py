@@ -94,6 +94,7 @@ class RunDir:
         self._state_path = self.path / "state.json"
         self._metrics_path = self.path / "metrics.json"
         if self.runtime.is_main:
+            _remove_stale_temporaries(self.path)
             self.state = _read_state(self._state_path)
             self._verify()
             self._load_metrics()
@@ -296,6 +297,14 @@ def _snapshot(root: Path) -> dict[str, list[int]]:
             st = os.stat(Path(dirpath) / f)
             out[rel] = [st.st_size, st.st_mtime_ns]
     return out
+
+
+def _remove_stale_temporaries(root: Path) -> None:
+    """Remove the temporary files of atomic writes a killed run left (``.NAME.*.tmp``); the
+    lock says no other process is writing them."""
+    for tmp in root.rglob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
 
 
 def _describe(path: Path, st: list[int]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ the model it decodes with."""
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -182,6 +183,7 @@ class Student:
             shutil.rmtree(tmp, ignore_errors=True)
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
+            _sort_target_modules(tmp / "adapter_config.json")
             shutil.rmtree(directory, ignore_errors=True)
             tmp.rename(directory)
         self.runtime.barrier()
@@ -365,3 +367,15 @@ def linear_names(model: nn.Module) -> list[str]:
             if isinstance(mod, nn.Linear) and ".layers." in f".{name}"
         }
     )
+
+
+def _sort_target_modules(config: Path) -> None:
+    """PEFT writes a LoRA's target modules in the order of a Python set, which changes from
+    process to process (string hashing is salted); sorted, the same weights save to the same
+    bytes (a verified stage's hash, the crash test)."""
+    if not config.is_file():
+        return
+    data = json.loads(config.read_text(encoding="utf-8"))
+    if isinstance(data.get("target_modules"), list):
+        data["target_modules"] = sorted(data["target_modules"])
+        config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
