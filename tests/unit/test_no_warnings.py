@@ -39,8 +39,11 @@ def _sample(student: Student, calculator: bool = True) -> None:
 def test_sampling_a_lora_student_warns_nothing(
     tiny_dir, no_warnings, monkeypatch, through_adapters
 ):
+    lora = LoraConfig(enabled=True, r=4)
     student = Student.load(
-        StudentConfig(model=str(tiny_dir), device="cpu", lora=LoraConfig(enabled=True, r=4))
+        StudentConfig(
+            model=str(tiny_dir), device="cpu", lora=lora, gradient_checkpointing=through_adapters
+        )
     )
     if through_adapters:  # no merged copy: the PEFT model itself decodes
         monkeypatch.setattr(student_module, "_copy_fits", lambda *a: False)

@@ -64,10 +64,16 @@ class Student:
                 gradient_checkpointing_kwargs={"use_reentrant": False},
             )
         elif cfg.gradient_checkpointing:
-            # non-reentrant: gradients reach LoRA adapters without inputs that require grad
-            self.model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            # non-reentrant: gradients reach LoRA adapters without inputs that require grad.
+            # transformers renamed it activation checkpointing (the old name warns); the
+            # releases before the rename have the old name only.
+            enable = getattr(self.model, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable({"use_reentrant": False})
+            else:
+                self.model.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
         if cfg.lora.enabled:
             self._add_lora()
         else:
