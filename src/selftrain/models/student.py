@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,19 @@ from torch import nn
 
 from selftrain.config import StudentConfig
 from selftrain.models.loading import ModelLoadError, load_model_and_tokenizer, resolve_autocast
+
+
+@contextlib.contextmanager
+def _peft_reads_a_deprecated_alias() -> Iterator[None]:
+    """Wrapping a model in peft (0.21) reads transformers' ``is_gradient_checkpointing``,
+    which transformers 5 deprecated in favour of ``is_activation_checkpointing`` (the same
+    value) with a FutureWarning on every read: the cause is in peft and harmless, so that one
+    warning is silenced here, around peft's wrapping only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
 
 
 class Student:
@@ -51,10 +65,16 @@ class Student:
                 gradient_checkpointing_kwargs={"use_reentrant": False},
             )
         elif cfg.gradient_checkpointing:
-            # non-reentrant: gradients reach LoRA adapters without inputs that require grad
-            self.model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            # non-reentrant: gradients reach LoRA adapters without inputs that require grad.
+            # transformers renamed it activation checkpointing (the old name warns); the
+            # releases before the rename have the old name only.
+            enable = getattr(self.model, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable({"use_reentrant": False})
+            else:
+                self.model.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
         if cfg.lora.enabled:
             self._add_lora()
         else:
@@ -98,7 +118,8 @@ class Student:
             layers_to_transform=layers,
             task_type="CAUSAL_LM",
         )
-        self.model = get_peft_model(self.model, config)
+        with _peft_reads_a_deprecated_alias():
+            self.model = get_peft_model(self.model, config)
         self.lora = True
 
     # ---- text <-> tokens -------------------------------------------------------------------
@@ -181,7 +202,14 @@ class Student:
         if self.runtime.is_main:
             tmp = directory.with_name(directory.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            self.model.save_pretrained(tmp)
+            if self.lora:
+                # The vocabulary is never resized, so the adapter folder needs no copy of the
+                # embeddings. Said here rather than left to peft's "auto", which looks for the
+                # base's config.json (absent for a .gguf student, or asks the hub) and warns
+                # "Could not find a config file in ..." when it cannot tell.
+                self.model.save_pretrained(tmp, save_embedding_layers=False)
+            else:
+                self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             _sort_target_modules(tmp / "adapter_config.json")
             shutil.rmtree(directory, ignore_errors=True)
@@ -229,7 +257,9 @@ class Student:
 
             if self.lora:
                 raise ModelLoadError("apply_checkpoint merges adapters into a LoRA-less student")
-            self.model = PeftModel.from_pretrained(self.model, directory).merge_and_unload()
+            with _peft_reads_a_deprecated_alias():
+                model = PeftModel.from_pretrained(self.model, directory)
+            self.model = model.merge_and_unload()
         else:
             self.load_weights(directory)
         self.checkpoint = directory

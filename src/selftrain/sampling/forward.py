@@ -3,6 +3,8 @@ next-token logits of each row's last position."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +15,22 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     """The device of the model's first parameter (the CPU for a model without any)."""
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
+
+
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    """The name under which ``model_class.forward`` takes the KV cache: ``cache`` in the
+    transformers releases that renamed it (calling them with ``past_key_values`` prints a
+    FutureWarning on every forward call: "deprecated and will be removed in version 5.40.0"),
+    ``past_key_values`` in the earlier 5.x ones."""
+    params = inspect.signature(model_class.forward).parameters  # follows the deprecation wrapper
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a PEFT wrapper (which passes the cache on as it is)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
 
 
 def _last_logits(
@@ -34,19 +52,22 @@ def _last_logits(
     """
     head = model.get_output_embeddings() if hasattr(model, "get_decoder") else None
     config = getattr(model, "config", None)
-    kwargs = {"attention_mask": mask, "position_ids": pos, "past_key_values": cache}
+    kwargs = {"attention_mask": mask, "position_ids": pos}
     if (
         isinstance(head, torch.nn.Linear)
         and getattr(config, "final_logit_softcapping", None) is None
         and getattr(config, "logit_scale", None) is None
     ):
-        hidden = model.get_decoder()(input_ids=ids, use_cache=True, **kwargs).last_hidden_state
+        decoder = model.get_decoder()
+        kwargs[_cache_keyword(type(_unwrapped(decoder)))] = cache
+        hidden = decoder(input_ids=ids, use_cache=True, **kwargs).last_hidden_state
         by_vocab = torch.mm(head.weight, hidden[:, -1].t())  # [vocab, B]
         logits = torch.empty(by_vocab.shape[::-1], dtype=torch.float32, device=by_vocab.device)
         logits.copy_(by_vocab.t())  # transposed and made fp32 in one copy
         if head.bias is not None:
             logits += head.bias
         return logits
+    kwargs[_cache_keyword(type(_unwrapped(model)))] = cache
     out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **kwargs)
     return out.logits[:, -1].float()
 

@@ -152,8 +152,11 @@ class ArithmeticTask:
         """``train``, ``validation``, ``in_domain``, ``out_of_domain``, ``longer``."""
         return list(SPLITS)
 
-    def load(self, split: str, n: int | None = None) -> list[Example]:
-        """The first ``n`` examples of ``split`` (all when ``n`` is None)."""
+    def load(self, split: str | None = None, n: int | None = None) -> list[Example]:
+        """The first ``n`` examples of ``split`` (all when ``n`` is None; default split: the
+        test split, ``in_domain``, as for the benchmark tasks: ``selftrain eval`` without
+        ``--split``)."""
+        split = split or self.test_split
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
         if n is not None and n < 0:
