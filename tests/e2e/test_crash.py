@@ -4,8 +4,9 @@ command, and check the final files equal an uninterrupted run's: the same record
 none twice) and the same bytes, timings aside.
 
 What counts as a timing: stage seconds and peak memory, a file's modification time in
-state.json, a demonstration's time stamp (``at``), evaluation ``seconds``, and the teacher's
-accounting of the last attempt (``demos.run``: the requests that attempt made).
+state.json, a demonstration's time stamp (``at``), evaluation ``seconds`` (results.json and
+results.md), and the teacher's accounting of the last attempt (``demos.run``: the requests
+that attempt made).
 
 A seeded loop (``SEED``), so a failure reproduces; about 3 minutes on 2 cores."""
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -64,7 +66,7 @@ def _command(kind: str, tmp_path: Path, tiny_dir: Path, out: Path) -> list[str]:
     if kind == "eval":
         return [
             "eval", "--model", str(tiny_dir), "--tasks", "arithmetic",
-            "--limit", "12", "--batch-size", "2", "--max-new-tokens", "8", "--out", str(out),
+            "--limit", "12", "--batch-size", "1", "--max-new-tokens", "8", "--out", str(out),
             "--device", "cpu",
         ]  # fmt: skip
     recipe = tmp_path / f"{kind}.yaml"
@@ -119,6 +121,8 @@ def _files(root: Path, eval_folder: bool = False) -> dict[str, object]:
         data = path.read_bytes()
         if path.suffix == ".json":
             out[rel] = _strip(json.loads(data))
+        elif path.suffix == ".md":  # a results table: its last column is seconds
+            out[rel] = [re.sub(r"\| [\d.]+ \|$", "|", line) for line in data.decode().splitlines()]
         elif path.suffix == ".jsonl":
             out[rel] = [_strip(json.loads(line)) for line in data.decode().splitlines()]
         else:
@@ -135,7 +139,7 @@ def _crash_and_resume(kind: str, tmp_path: Path, tiny_dir: Path, kills: int) -> 
     code, seconds, err = _launch(_command(kind, tmp_path, tiny_dir, ref), f"count:{counter}")
     assert code == 0, err
     writes, want = int(counter.read_text()), _files(ref, kind == "eval")
-    assert writes > 20, writes
+    assert writes > 10, writes
     rng = random.Random(f"{SEED}-{kind}")
     done, trial = 0, 0
     while done < kills:
