@@ -4,20 +4,50 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
-import click
 import typer
+import typer.core
 import yaml
 
-from selftrain.errors import USER_ERROR, describe
+from selftrain.errors import USER_ERROR, describe, one_line, yaml_problem
 
 if TYPE_CHECKING:
     from selftrain.config import TeacherConfig
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Teach small LMs to reason.")
+
+class _OneLineErrors(typer.core.TyperGroup):
+    """Usage errors (an unknown option, a value out of range, a bad --set) as one line like
+    every other error (see :func:`_errors`), where click draws a box with the usage."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):  # type: ignore[override]
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.TyperException as e:  # click's exceptions, as typer vendors them
+            if type(e).__name__ == "NoArgsIsHelpError":  # `selftrain` alone: the help
+                e.show()
+                sys.exit(0)
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            typer.echo(f"error: {one_line(e.format_message())}{hint}", err=True)
+            sys.exit(getattr(e, "exit_code", USER_ERROR))
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(
+    cls=_OneLineErrors,
+    add_completion=False,
+    no_args_is_help=True,
+    help="Teach small LMs to reason.",
+)
 
 # options whose type and help are spelled once
 DataDir = Annotated[
@@ -71,7 +101,7 @@ def _errors() -> Iterator[None]:
     (selftrain/errors.py); the traceback only with --debug."""
     try:
         yield
-    except (typer.Exit, click.ClickException, click.exceptions.Exit):
+    except (typer.Exit, typer.Abort, typer.TyperException):
         raise
     except (Exception, KeyboardInterrupt) as e:
         if _DEBUG["on"]:
@@ -99,7 +129,9 @@ def _overrides(pairs: list[str]) -> dict:
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError as e:
-            raise typer.BadParameter(f"--set {key}: not a YAML value ({value!r}): {e}") from None
+            raise typer.BadParameter(
+                f"--set {key}: not a YAML value ({value!r}): {yaml_problem(e)}"
+            ) from None
         if isinstance(parsed, str):  # YAML 1.1 reads "1e-4" as a string
             with contextlib.suppress(ValueError):
                 parsed = float(parsed)

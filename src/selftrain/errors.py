@@ -44,7 +44,7 @@ def describe(e: BaseException) -> tuple[str, int]:
         return "interrupted; rerun the same command to resume where it stopped", INTERRUPTED
     if isinstance(e, OSError) and e.strerror:
         return os_message(e), USER_ERROR
-    text = str(e).strip() or type(e).__name__
+    text = one_line(str(e)) or type(e).__name__
     if is_user_error(e):
         return text, USER_ERROR
     return (
@@ -52,6 +52,19 @@ def describe(e: BaseException) -> tuple[str, int]:
         "with --debug for the traceback, and please report it)",
         INTERNAL_ERROR,
     )
+
+
+def yaml_problem(e: Exception) -> str:
+    """A YAML parser's error in one line: where, then what (``line 2, column 1: expected ','
+    or ']', but got '<stream end>'``)."""
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + (problem or one_line(str(e)))
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line (a YAML parser's or pydantic's message spans several)."""
+    return " ".join(text.split())
 
 
 def os_message(e: OSError) -> str:

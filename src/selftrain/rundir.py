@@ -21,6 +21,7 @@ import yaml
 from pydantic import ValidationError
 
 from selftrain.config import DPOSTRecipe, Recipe, SRITRecipe, parse_recipe
+from selftrain.errors import yaml_problem
 from selftrain.io import read_json, write_json_atomic, write_text_atomic
 from selftrain.progress import log, setup_logging
 from selftrain.runtime import Runtime
@@ -354,9 +355,10 @@ def _read_saved(path: Path) -> Any:
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
+        problem = yaml_problem(e) if isinstance(e, yaml.YAMLError) else str(e)
         raise RunDirError(
-            f"{path}: not a readable recipe ({e}); it holds the settings this run was started "
-            "with: restore it, or use another --run-dir"
+            f"{path}: not a readable recipe ({problem}); it holds the settings this run was "
+            "started with: restore it, or use another --run-dir"
         ) from None
 
 

@@ -166,9 +166,28 @@ def _crash_and_resume(kind: str, tmp_path: Path, tiny_dir: Path, kills: int) -> 
     return done
 
 
+def _concurrent(tmp_path: Path, tiny_dir: Path) -> None:
+    """A second run on a directory a run is using is refused, naming it, and the first run
+    ends with the files of an uninterrupted run."""
+    out = tmp_path / "srit" / "concurrent"
+    args = [sys.executable, "-m", "selftrain", *_command("srit", tmp_path, tiny_dir, out)]
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    first = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for _ in range(600):  # the lock is taken once the student has loaded
+        if (out / "state.json").exists() or first.poll() is not None:
+            break
+        time.sleep(0.05)
+    second = subprocess.run(args, env=env, capture_output=True, text=True)
+    assert first.wait() == 0, first.stderr.read().decode()[-3000:]
+    assert second.returncode == 2, second.stderr
+    assert f"is in use by process {first.pid} on " in second.stderr
+    assert _files(out) == _files(tmp_path / "srit" / "ref")
+
+
 def test_random_kills_leave_the_files_of_an_uninterrupted_run(tiny_dir, tmp_path):
     kills = {
         "srit": _crash_and_resume("srit", tmp_path, tiny_dir, 9),
+        "concurrent": _concurrent(tmp_path, tiny_dir) or 0,
         "dpo_st": _crash_and_resume("dpo_st", tmp_path, tiny_dir, 7),
         "eval": _crash_and_resume("eval", tmp_path, tiny_dir, 5),
     }

@@ -303,3 +303,15 @@ def test_lost_metrics_do_not_change_the_control_steps(tiny_dir, tmp_path, monkey
     monkeypatch.setattr(stage_sft, "train_sft", real)
     metrics = srit.run(recipe, run)
     assert metrics["sft_more_training"]["steps"] == metrics["dpo_training"]["steps"] > 0
+
+
+def test_a_lost_state_file_redoes_the_run_without_duplicating_anything(tiny_dir, tmp_path):
+    run = tmp_path / "run"
+    recipe = _recipe(tiny_dir, rft={"enabled": False})
+    first = srit.run(recipe, run)
+    files = {p: p.read_bytes() for p in run.rglob("*.jsonl")}
+    (run / "state.json").unlink()
+    again = srit.run(recipe, run)
+    assert {p: p.read_bytes() for p in run.rglob("*.jsonl")} == files  # no split doubled
+    for model in ("sft", "dpo", "sft_more"):
+        assert again[model] == first[model]

@@ -54,6 +54,24 @@ def test_k_samples_per_prompt_reproducible_by_seed(make_student):
     assert run1 != other
 
 
+def test_a_paths_tokens_do_not_depend_on_batch_size_order_or_resume(make_student):
+    """Exact resume: a path is drawn from (seed, question, path index, step) alone, so another
+    batch size, another order, or only the questions a killed run left give the same paths."""
+    s = make_student()
+    items = _prompts(s, 6)
+    p = SamplingParams(k=3, greedy=False, temperature=1.5, max_new_tokens=8, batch_size=6)
+
+    def paths(items, **change) -> dict:
+        params = SamplingParams(**{**p.__dict__, **change})
+        return {key: texts for b in generate(s, items, params) for key, texts, _ in b}
+
+    whole = paths(items)
+    assert paths(items, batch_size=2) == whole
+    assert paths(items, batch_size=18) == whole
+    assert paths(items[::-1]) == whole
+    assert paths(items[4:]) == {key: whole[key] for key, _ in items[4:]}  # a resumed run
+
+
 class CountingLM(torch.nn.Module):
     """Emits last_token + 1 until it reaches `stop`, then EOS: rows finish at different steps."""
 

@@ -39,6 +39,7 @@ from selftrain.config.sections import (
     TeacherConfig,
     VLLMConfig,
 )
+from selftrain.errors import yaml_problem
 
 __all__ = [
     "DPOConfig",
@@ -86,11 +87,13 @@ def load_recipe(path: str | Path | None = None, overrides: dict[str, Any] | None
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML: {e}") from e
+        raise RecipeError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
     except UnicodeDecodeError as e:
         raise RecipeError(f"{path}: not UTF-8 text (byte {e.start}): is it a recipe?") from None
     except OSError as e:  # a directory, no permission, ...
-        raise RecipeError(f"{path}: cannot read the recipe: {e.strerror}") from None
+        raise RecipeError(
+            f"{path}: cannot read the recipe: {e.strerror} (give a recipe YAML file)"
+        ) from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of keys, got {type(data).__name__}")
     if overrides:
@@ -98,7 +101,7 @@ def load_recipe(path: str | Path | None = None, overrides: dict[str, Any] | None
     try:
         return parse_recipe(data)
     except ValidationError as e:
-        raise RecipeError(_describe(path, e)) from None
+        raise RecipeError(_describe(path, e, bool(overrides))) from None
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -108,20 +111,22 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def _describe(path: Path, err: ValidationError) -> str:
-    lines = [f"{path}: invalid recipe"]
+def _describe(path: Path, err: ValidationError, overrides: bool = False) -> str:
+    """One line: the recipe, then every key that is wrong and why, separated by ``;``."""
+    lines = []
     for e in err.errors():
         loc = e["loc"][1:] if e["loc"] and e["loc"][0] in _METHODS else e["loc"]
         key = ".".join(str(p) for p in loc)
         if not key:  # a check across sections: its message names the keys
-            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
+            lines.append(e["msg"].removeprefix("Value error, "))
         elif e["type"] == "extra_forbidden" and len(loc) == 1 and key in _ONLY:
-            lines.append(f"  key '{key}' is read by {_ONLY[key]} only")
+            lines.append(f"key '{key}' is read by {_ONLY[key]} only")
         elif e["type"] == "extra_forbidden":
-            lines.append(f"  unknown key '{key}'")
+            lines.append(f"unknown key '{key}'")
         else:
-            lines.append(f"  key '{key}': {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(lines)
+            lines.append(f"key '{key}': {e['msg']} (got {e.get('input')!r})")
+    where = f"{path} with --set" if overrides else str(path)
+    return f"{where}: invalid recipe: {'; '.join(lines)}"
 
 
 _METHODS = ("srit", "dpo_st", "self_training")

@@ -28,6 +28,13 @@ def register(name: str) -> Callable[[F], F]:
     return decorator
 
 
+class UnknownTaskError(KeyError, ValueError):
+    """A task name that is not registered (a ValueError: bad input, reported in one line)."""
+
+    def __str__(self) -> str:  # a KeyError's str() would quote the message
+        return str(self.args[0])
+
+
 def get(name: str, **kwargs: Any) -> Task:
     """Build the task registered under ``name`` with ``kwargs``.
 
@@ -37,7 +44,10 @@ def get(name: str, **kwargs: Any) -> Task:
     try:
         factory = _REGISTRY[base]
     except KeyError:
-        raise KeyError(f"unknown task {base!r}; known tasks: {', '.join(names())}") from None
+        raise UnknownTaskError(
+            f"unknown task {base!r} (recipe key task.name, or --tasks); known tasks: "
+            f"{', '.join(names())}"
+        ) from None
     if subset:
         kwargs = {**kwargs, "subset": subset}
     return factory(**kwargs)
