@@ -232,7 +232,7 @@ def eval_(
         str | None, typer.Option(help="group results in-domain vs out-of-domain")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="output folder (default: evals/NAME)")] = None,
-    batch_size: Annotated[int, typer.Option(help="rows decoded together")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, max=16384, help="rows decoded together")] = 64,
     max_new_tokens: Annotated[int | None, typer.Option(help="default: per task")] = None,
     calculator: Annotated[bool, typer.Option(help="fill in <<expr=>> while decoding")] = False,
     precision: Annotated[

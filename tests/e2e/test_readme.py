@@ -363,7 +363,7 @@ def _python_m(env: Env, argv: list[str], folder: Path) -> None:
     if torch.cuda.device_count() >= 2:
         assert done.returncode == 0, done.stderr[-3000:]
     else:
-        assert done.returncode == 1, done.stderr[-3000:]
+        assert done.returncode == 2, done.stderr[-3000:]
         assert "student.device is 'cuda:1'" in done.stderr
         assert not (folder / "runs/r/state.json").exists()
 

@@ -402,3 +402,23 @@ def test_an_unreadable_recipe_is_named(tmp_path):
 def test_absurd_sizes_are_refused_before_any_stage(overrides, key):
     with pytest.raises(RecipeError, match=re.escape(f"key '{key}'")):
         load_recipe(None, overrides)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "sampling.k",
+        "sampling.max_new_tokens",
+        "sampling.batch_size",
+        "sft.batch_size",
+        "sft.micro_batch_size",
+        "dpo.batch_size",
+        "eval.batch_size",
+        "eval.max_new_tokens",
+    ],
+)
+def test_sizes_have_upper_bounds_checked_before_any_stage(key):
+    """A typo (1e9) is refused when the recipe loads, naming the key and the bound."""
+    section, name = key.split(".")
+    with pytest.raises(RecipeError, match=rf"key '{key}': Input should be less than or equal"):
+        load_recipe(None, {section: {name: 10**9}})

@@ -32,7 +32,7 @@ class DPOSTSFTConfig(s.OptimizerConfig):
     """SFT in DPO-ST: the warm-up on gold rationales and every round's SFT step (fixed epochs,
     no early stopping). Defaults: the paper's Flan-T5 values."""
 
-    batch_size: int = Field(96, gt=0)
+    batch_size: int = Field(96, gt=0, le=s.MAX_BATCH)
     epochs: int = Field(8, gt=0)
     warmup_epochs: int | None = Field(None, gt=0)  # epochs of the warm-up SFT; None: epochs
     max_steps: int | None = Field(None, gt=0)  # caps every SFT run's optimizer steps
@@ -44,7 +44,7 @@ class DPOSTDPOConfig(s.DPOConfig):
     values (sigmoid loss, beta 0.1, batch 96, 150 steps, lr 7e-7, no NLL term)."""
 
     lr: float = Field(7e-7, gt=0)
-    batch_size: int = Field(96, gt=0)
+    batch_size: int = Field(96, gt=0, le=s.MAX_BATCH)
     max_steps: int | None = Field(150, gt=0)  # None: ``epochs`` passes over the pairs
     weight_decay: float = Field(0.01, ge=0)
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # only when the sampler allocates for it, after SFT)
 MAX_K = 1024  # paths per question
 MAX_NEW_TOKENS = 32768
+MAX_BATCH = 16384  # rows decoded together, examples per step: a typo (1e9) is refused up front
 
 
 class Strict(BaseModel):
@@ -104,7 +105,7 @@ class TeacherConfig(Strict):
     price_per_million_output: float | None = Field(None, ge=0)
     # api: the answer cache; None: $SELFTRAIN_CACHE_DIR or ~/.cache/selftrain/teacher
     cache_dir: str | None = None
-    batch_size: int = Field(32, gt=0)  # hf: rows decoded together
+    batch_size: int = Field(32, gt=0, le=MAX_BATCH)  # hf: rows decoded together
 
     @model_validator(mode="after")
     def _model_for_kind(self) -> TeacherConfig:
@@ -123,8 +124,9 @@ class OptimizerConfig(Strict):
     """What every trainer's optimizer reads: AdamW, lr warm-up then cosine decay, clipping."""
 
     lr: float = Field(3e-4, gt=0)
-    batch_size: int = Field(8, gt=0)  # examples (pairs) per optimizer step, over all processes
-    micro_batch_size: int | None = Field(None, gt=0, description=_MICRO)
+    # examples (pairs) per optimizer step, over all processes
+    batch_size: int = Field(8, gt=0, le=MAX_BATCH)
+    micro_batch_size: int | None = Field(None, gt=0, le=MAX_BATCH, description=_MICRO)
     weight_decay: float = Field(1e-4, ge=0)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)  # lr warm-up (cosine schedule after it)
     grad_clip: float = Field(1.0, gt=0)
@@ -161,7 +163,7 @@ class SamplingConfig(Strict):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(96, gt=0, le=MAX_NEW_TOKENS)
-    batch_size: int = Field(64, gt=0)  # rows decoded together
+    batch_size: int = Field(64, gt=0, le=MAX_BATCH)  # rows decoded together
     # the decoding engine of every sampling and evaluation stage of the run: builtin (our
     # loop, any device), vllm (pip install selftrain[vllm], a CUDA GPU), auto: vllm where it
     # can run, else builtin
@@ -217,4 +219,4 @@ class EvalConfig(Strict):
     control_n: int | None = Field(None, gt=0)  # questions per split for the sft_more control
     evaluate_base: bool = True
     max_new_tokens: int = Field(96, gt=0, le=MAX_NEW_TOKENS)
-    batch_size: int = Field(64, gt=0)
+    batch_size: int = Field(64, gt=0, le=MAX_BATCH)
