@@ -4,46 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-import typer.core
 import yaml
 
-from selftrain.errors import USER_ERROR, describe, one_line, yaml_problem
+from selftrain.cli_errors import DEBUG, OneLineErrors, fail, reporting
+from selftrain.errors import yaml_problem
 
 if TYPE_CHECKING:
     from selftrain.config import TeacherConfig
 
 
-class _OneLineErrors(typer.core.TyperGroup):
-    """Usage errors (an unknown option, a value out of range, a bad --set) as one line like
-    every other error (see :func:`_errors`), where click draws a box with the usage."""
-
-    def main(self, *args, standalone_mode: bool = True, **kwargs):  # type: ignore[override]
-        if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
-        try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
-        except typer.TyperException as e:  # click's exceptions, as typer vendors them
-            if type(e).__name__ == "NoArgsIsHelpError":  # `selftrain` alone: the help
-                e.show()
-                sys.exit(0)
-            ctx = getattr(e, "ctx", None)
-            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
-            typer.echo(f"error: {one_line(e.format_message())}{hint}", err=True)
-            sys.exit(getattr(e, "exit_code", USER_ERROR))
-        except typer.Abort:
-            typer.echo("error: aborted", err=True)
-            sys.exit(1)
-        sys.exit(code if isinstance(code, int) else 0)
-
-
 app = typer.Typer(
-    cls=_OneLineErrors,
+    cls=OneLineErrors,
     add_completion=False,
     no_args_is_help=True,
     help="Teach small LMs to reason.",
@@ -74,9 +49,6 @@ def _print_markdown(text: str) -> None:
     Console().print(Markdown(text))
 
 
-_DEBUG = {"on": False}
-
-
 @app.callback()
 def _options(
     debug: Annotated[
@@ -84,30 +56,7 @@ def _options(
     ] = False,
 ) -> None:
     """Teach small LMs to reason."""
-    _DEBUG["on"] = debug or os.environ.get("SELFTRAIN_DEBUG", "") not in ("", "0")
-
-
-def _fail(error: object, code: int = USER_ERROR) -> NoReturn:
-    """Print ``error: ...`` on stderr (with the process's rank under a launcher) and exit."""
-    several = os.environ.get("WORLD_SIZE", "1") != "1"
-    prefix = f"rank {os.environ.get('RANK', 0)}: " if several else ""
-    typer.echo(f"{prefix}error: {error}", err=True)
-    raise typer.Exit(code) from None
-
-
-@contextlib.contextmanager
-def _errors() -> Iterator[None]:
-    """One error path for every command: a failure is one line and an exit status
-    (selftrain/errors.py); the traceback only with --debug."""
-    try:
-        yield
-    except (typer.Exit, typer.Abort, typer.TyperException):
-        raise
-    except (Exception, KeyboardInterrupt) as e:
-        if _DEBUG["on"]:
-            raise
-        message, code = describe(e)
-        _fail(message, code)
+    DEBUG["on"] = debug or os.environ.get("SELFTRAIN_DEBUG", "") not in ("", "0")
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -154,7 +103,7 @@ def run(
     Several processes: `accelerate launch --num_processes N -m selftrain run RECIPE`."""
     _start()
     overrides = _overrides(set_ or [])
-    with _errors():
+    with reporting():
         from selftrain.config import load_recipe
         from selftrain.pipeline import dpo_st, srit
 
@@ -252,7 +201,7 @@ def eval_(
     _start()
     built = _build_tasks(tasks.split(","), data_dir, style, n_shots)
     autocast = _precision(precision)
-    with _errors():
+    with reporting():
         from selftrain.eval.suite import check_out_dir, load_student, markdown_table, run_eval
 
         if out is not None:  # before the model loads
@@ -281,8 +230,8 @@ def compare_(
 
     for folder in (a, b):
         if not folder.is_dir():
-            _fail(f"{folder}: no such folder (an eval --out folder or runs/NAME/eval/MODEL)")
-    with _errors():
+            fail(f"{folder}: no such folder (an eval --out folder or runs/NAME/eval/MODEL)")
+    with reporting():
         result = compare_folders(a, b)
         typer.echo(f"A: {a}\nB: {b}")
         _print_markdown(compare_table(result))
@@ -376,7 +325,7 @@ def demos(
     cfg = _teacher_config(ctx.params)
     out = out or Path("demos") / f"{task.replace(':', '_')}.{split}.jsonl"
     built = _build_tasks([task], data_dir, "cot", 4)[0]
-    with _errors():
+    with reporting():
         source, stats = teacher_demos(cfg, built, built.load(split, limit), out, progress=progress)
     console = Console()
     if not console.is_terminal:  # a log or a pipe: no need to squeeze the table into 80 columns
@@ -384,7 +333,7 @@ def demos(
     console.print(summary_table(summarize(read_jsonl(out)), out))
     typer.echo(run_line(source.identity, stats["run"]))
     if stats["failed"]:
-        _fail(
+        fail(
             f"{stats['failed']} requests failed after their retries (recorded in {out}); "
             "run the same command again to ask for them"
         )
@@ -406,7 +355,7 @@ def _teacher_config(options: dict) -> TeacherConfig:
         msgs = "; ".join(
             f"{'.'.join(map(str, x['loc'])) or 'teacher'}: {x['msg']}" for x in e.errors()
         )
-        _fail(msgs)
+        fail(msgs)
 
 
 @app.command()

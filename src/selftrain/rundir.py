@@ -9,8 +9,6 @@ Every start checks those files: a stage whose output is missing, torn or changed
 
 from __future__ import annotations
 
-import hashlib
-import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +22,7 @@ from selftrain.config import DPOSTRecipe, Recipe, SRITRecipe, parse_recipe
 from selftrain.errors import yaml_problem
 from selftrain.io import read_json, write_json_atomic, write_text_atomic
 from selftrain.progress import log, setup_logging
+from selftrain.records import check, describe, hashes, remove_stale_temporaries, snapshot
 from selftrain.runtime import Runtime
 
 
@@ -95,7 +94,7 @@ class RunDir:
         self._state_path = self.path / "state.json"
         self._metrics_path = self.path / "metrics.json"
         if self.runtime.is_main:
-            _remove_stale_temporaries(self.path)
+            remove_stale_temporaries(self.path)
             self.state = _read_state(self._state_path)
             self._verify()
             self._load_metrics()
@@ -116,7 +115,7 @@ class RunDir:
             record = records.get(name)
             if record is None:  # done by a version that kept no record: trusted
                 continue
-            problem = _check(self.path, record["outputs"])
+            problem = check(self.path, record["outputs"])
             if problem:
                 log.warning("stage %s: %s; the stage is redone", name, problem)
                 self._redo[name] = {**record, "later": self._invalidate(name)}
@@ -176,7 +175,7 @@ class RunDir:
             log.info("stage %s", name)
             running = self.state.get("running") or {}
             if running.get("stage") != name:  # a resumed attempt keeps the first's snapshot
-                self.state["running"] = {"stage": name, "before": _snapshot(self.path)}
+                self.state["running"] = {"stage": name, "before": snapshot(self.path)}
                 self._save_state()
         start = time.monotonic()
         result: dict[str, Any] = {}
@@ -201,8 +200,8 @@ class RunDir:
         """Record what stage ``name`` produced and mark it done (rank 0)."""
         before = self.state.pop("running", {}).get("before", {})
         outputs = {
-            rel: _describe(self.path / rel, st)
-            for rel, st in _snapshot(self.path).items()
+            rel: describe(self.path / rel, st)
+            for rel, st in snapshot(self.path).items()
             if before.get(rel) != st
         }
         self.state.setdefault("stages", {})[name] = {
@@ -213,7 +212,7 @@ class RunDir:
         at = self.state.get("redo_at", {}).pop(name, len(self.state["done"]))
         self.state["done"].insert(at, name)
         old = self._redo.pop(name, None)
-        if old is not None and _hashes(old["outputs"]) != _hashes(outputs):
+        if old is not None and hashes(old["outputs"]) != hashes(outputs):
             later = [s for s in old["later"] if self.done(s)]
             if later:
                 log.warning(
@@ -276,78 +275,6 @@ class RunDir:
     def _save_state(self) -> None:
         if self.runtime.is_main:
             write_json_atomic(self._state_path, self.state)
-
-
-# files of the run directory that belong to no stage
-_BOOKKEEPING = {"recipe.yaml", "state.json", "metrics.json", "log.txt"}
-
-
-def _snapshot(root: Path) -> dict[str, list[int]]:
-    """Every stage-written file under ``root``: its [bytes, mtime in ns] (hidden files, the
-    bookkeeping files and vLLM's scratch folder left out)."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel_dir = Path(dirpath).relative_to(root)
-        if rel_dir.parts[:1] == ("vllm",):
-            continue
-        for f in sorted(filenames):
-            rel = (rel_dir / f).as_posix()
-            if f.startswith(".") or rel in _BOOKKEEPING:
-                continue
-            st = os.stat(Path(dirpath) / f)
-            out[rel] = [st.st_size, st.st_mtime_ns]
-    return out
-
-
-def _remove_stale_temporaries(root: Path) -> None:
-    """Remove the temporary files of atomic writes a killed run left (``.NAME.*.tmp``); the
-    lock says no other process is writing them."""
-    for tmp in root.rglob(".*.tmp"):
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
-
-
-def _describe(path: Path, st: list[int]) -> dict[str, Any]:
-    """A stage output's record: bytes, mtime, sha256, and records for JSONL."""
-    digest, lines = _sha256(path)
-    out: dict[str, Any] = {"bytes": st[0], "mtime_ns": st[1]}
-    if path.suffix == ".jsonl":
-        out["records"] = lines
-    out["sha256"] = digest
-    return out
-
-
-def _sha256(path: Path) -> tuple[str, int]:
-    """A file's sha256 and its number of lines, read in 1 MiB blocks."""
-    h, lines = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-            lines += block.count(b"\n")
-    return h.hexdigest(), lines
-
-
-def _hashes(outputs: dict[str, dict[str, Any]]) -> dict[str, str]:
-    return {rel: d["sha256"] for rel, d in outputs.items()}
-
-
-def _check(root: Path, outputs: dict[str, dict[str, Any]]) -> str | None:
-    """What is wrong with a done stage's recorded outputs (None: nothing). The content is
-    hashed only when the modification time changed."""
-    for rel, want in outputs.items():
-        path = root / rel
-        if not path.is_file():
-            return f"its output {rel} is missing"
-        st = path.stat()
-        if st.st_size != want["bytes"]:
-            return (
-                f"its output {rel} has {st.st_size} bytes, not the {want['bytes']} it had "
-                "when the stage ended (cut short or changed)"
-            )
-        if st.st_mtime_ns != want["mtime_ns"] and _sha256(path)[0] != want["sha256"]:
-            return f"its output {rel} changed after the stage ended"
-    return None
 
 
 def _read_saved(path: Path) -> Any:

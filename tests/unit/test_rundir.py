@@ -156,13 +156,13 @@ def test_a_redone_stage_with_other_outputs_redoes_the_stages_after_it(tmp_path, 
     (tmp_path / "a.jsonl").unlink()
     import selftrain.rundir as rundir_module
 
-    real = rundir_module._describe
+    real = rundir_module.describe
 
     def other(path, st):  # the redone a.jsonl hashes differently (as on a nondeterministic GPU)
         d = real(path, st)
         return {**d, "sha256": "0" * 64} if path.name == "a.jsonl" else d
 
-    monkeypatch.setattr(rundir_module, "_describe", other)
+    monkeypatch.setattr(rundir_module, "describe", other)
     ran: list[str] = []
     _two_stages(tmp_path, ran)
     assert ran == ["a", "b"]

@@ -2,6 +2,7 @@
 file or a tiny test model; dtype and precision) and the :class:`Student` that every stage trains
 or samples (``student.py``)."""
 
+from selftrain.models.checkpoints import checkpoint_files, checkpoint_folder
 from selftrain.models.loading import (
     DEFAULT_STUDENT,
     ModelLoadError,
@@ -13,13 +14,7 @@ from selftrain.models.loading import (
     smollm2_gguf,
     tiny_model,
 )
-from selftrain.models.student import (
-    Inference,
-    Student,
-    checkpoint_files,
-    checkpoint_folder,
-    linear_names,
-)
+from selftrain.models.student import Inference, Student, linear_names
 
 __all__ = [
     "DEFAULT_STUDENT",
