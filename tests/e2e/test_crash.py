@@ -5,10 +5,15 @@ none twice) and the same bytes, timings aside.
 
 What counts as a timing: stage seconds and peak memory, a file's modification time in
 state.json, a demonstration's time stamp (``at``), evaluation ``seconds`` (results.json and
-results.md), and the teacher's accounting of the last attempt (``demos.run``: the requests
-that attempt made).
+results.md), report.md's total stage time, and the teacher's accounting of the last attempt
+(``demos.run``: the requests that attempt made).
 
-A seeded loop (``SEED``), so a failure reproduces; about 3 minutes on 2 cores."""
+A seeded loop (``SEED``), so a failure reproduces; about 3 minutes on 2 cores. The processes
+run on one thread (OMP_NUM_THREADS=1), so every float sum is done in one order: once in some
+40 runs on two threads, a resumed DPO-ST warm-up saved weights a last bit apart from the
+uninterrupted run's (cause not found: a BLAS may split a sum across threads differently from
+run to run). A verified stage answers that by redoing the stages after it; a byte comparison
+cannot."""
 
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ import yaml
 SEED = 15
 TIMINGS = {"seconds", "stage_seconds", "peak_rss_mb", "mtime_ns", "at"}
 KILLED = -signal.SIGKILL
+ONE_THREAD = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _srit(tiny_dir) -> dict:
@@ -78,7 +84,7 @@ def _command(kind: str, tmp_path: Path, tiny_dir: Path, out: Path) -> list[str]:
 
 def _launch(args: list[str], crash_at: str | None = None, kill_after: float | None = None):
     """Run ``selftrain ARGS`` in a new process; returns (exit status, seconds, stderr)."""
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    env = {**os.environ, **ONE_THREAD}
     env.pop("SELFTRAIN_CRASH_AT", None)
     if crash_at is not None:
         env["SELFTRAIN_CRASH_AT"] = crash_at
@@ -121,8 +127,13 @@ def _files(root: Path, eval_folder: bool = False) -> dict[str, object]:
         data = path.read_bytes()
         if path.suffix == ".json":
             out[rel] = _strip(json.loads(data))
-        elif path.suffix == ".md":  # a results table: its last column is seconds
-            out[rel] = [re.sub(r"\| [\d.]+ \|$", "|", line) for line in data.decode().splitlines()]
+        elif path.suffix == ".md":  # results.md's last column, report.md's total are timings
+            lines = data.decode().splitlines()
+            out[rel] = [
+                re.sub(r"\| [\d.]+ \|$", "|", line)
+                for line in lines
+                if not line.startswith("Total stage time")
+            ]
         elif path.suffix == ".jsonl":
             out[rel] = [_strip(json.loads(line)) for line in data.decode().splitlines()]
         else:
@@ -171,7 +182,7 @@ def _concurrent(tmp_path: Path, tiny_dir: Path) -> None:
     ends with the files of an uninterrupted run."""
     out = tmp_path / "srit" / "concurrent"
     args = [sys.executable, "-m", "selftrain", *_command("srit", tmp_path, tiny_dir, out)]
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    env = {**os.environ, **ONE_THREAD}
     first = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     for _ in range(600):  # the lock is taken once the student has loaded
         if (out / "state.json").exists() or first.poll() is not None:
