@@ -37,7 +37,7 @@ from selftrain.stages.pairs import TokenSets, dpo_st_pairs_stage
 from selftrain.stages.pseudo_labels import dpo_st_sft_data_stage
 from selftrain.stages.sample import Sampler, Style, sampling_params
 from selftrain.stages.sft import sft_stage
-from selftrain.tasks.base import Example
+from selftrain.tasks.base import Example, Task
 
 WARMUP = "warmup"
 
@@ -92,7 +92,7 @@ def _run(
     rd: RunDir,
     recipe: DPOSTRecipe,
     runtime: Runtime,
-    task,
+    task: Task,
     student: Student,
     train: list[Example],
     evals: list[EvalSet],

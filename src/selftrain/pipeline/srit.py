@@ -32,6 +32,7 @@ from selftrain.stages.pseudo_labels import rft_stage
 from selftrain.stages.sample import Sampler, Style, read_samples, sampling_params
 from selftrain.stages.sft import sft_stage, validator
 from selftrain.stats import describe
+from selftrain.tasks.base import Example, Task
 
 MODELS = ("base", "sft", "sft_more", "rft", "dpo")
 NO_RFT_DATA = (
@@ -59,7 +60,12 @@ def run(recipe: Recipe, run_dir: str | Path) -> dict:
 
 
 def _run(
-    rd: RunDir, recipe: Recipe, runtime: Runtime, task, splits: dict, student: Student
+    rd: RunDir,
+    recipe: Recipe,
+    runtime: Runtime,
+    task: Task,
+    splits: dict[str, list[Example]],
+    student: Student,
 ) -> dict:
     main = runtime.is_main
     engine = make_engine(recipe.sampling.engine, recipe.sampling.vllm, runtime, rd / "vllm")
