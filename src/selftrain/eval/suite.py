@@ -12,7 +12,6 @@ mixing two models' answers. The summary goes to ``OUT/results.json`` and ``OUT/r
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from selftrain.eval.loglik import evaluate_loglik
 from selftrain.io import read_json, write_json_atomic, write_text_atomic
 from selftrain.models import Student, checkpoint_files, checkpoint_folder
 from selftrain.progress import log
+from selftrain.records import sha256
 from selftrain.runtime import Runtime
 from selftrain.stats import compare
 from selftrain.tasks.base import Example
@@ -196,7 +196,7 @@ def answer_settings(
         "task": task.name,
         "model": str(model.resolve()) if model.exists() else cfg.model,
         "gguf_file": cfg.gguf_file,
-        "adapter_sha256": _sha256(checkpoint_files(student.checkpoint))
+        "adapter_sha256": "+".join(sha256(f)[0] for f in checkpoint_files(student.checkpoint))
         if student.checkpoint
         else None,
         "precision": "bf16" if cfg.autocast_bf16 else "fp32",
@@ -208,16 +208,6 @@ def answer_settings(
         "max_new_tokens": (max_new_tokens or task.max_new_tokens()) if generate else None,
         "calculator": calculator if generate else None,
     }
-
-
-def _sha256(files: Sequence[Path]) -> str:
-    """One hash of the contents of ``files``, read a megabyte at a time."""
-    h = hashlib.sha256()
-    for file in files:
-        with open(file, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def _settings_path(answers: Path) -> Path:
