@@ -130,6 +130,10 @@ class OptimizerConfig(Strict):
     weight_decay: float = Field(1e-4, ge=0)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)  # lr warm-up (cosine schedule after it)
     grad_clip: float = Field(1.0, gt=0)
+    # checkpoints inside the stage: every save_every optimizer steps (None or 0: none) into
+    # <stage>/checkpoints/, the last keep_last kept; a killed stage resumes from the newest
+    save_every: int | None = Field(None, ge=0)
+    keep_last: int = Field(2, gt=0)
 
 
 class SFTConfig(OptimizerConfig):

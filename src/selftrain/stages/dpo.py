@@ -13,6 +13,7 @@ from selftrain.rundir import RunDir
 from selftrain.stages.data import Prompts
 from selftrain.stages.sft import steps_of
 from selftrain.tasks.base import Example
+from selftrain.training.checkpoints import remove_checkpoints
 from selftrain.training.dpo import Pair, reference_logps, train_dpo
 
 
@@ -47,8 +48,10 @@ def dpo_stage(
         student.load_weights(start)
         tokens = tokenize_pairs(student, pairs, questions, prompts)
         ref = reference_logps(student, tokens)
-        res = train_dpo(student, tokens, cfg, seed=seed, ref=ref, label=label)
+        saves = out.parent / "checkpoints"
+        res = train_dpo(student, tokens, cfg, seed=seed, ref=ref, label=label, checkpoints=saves)
         student.save(out)
+        remove_checkpoints(student, saves)
         rd.write_json(out.parent.relative_to(rd.path) / "history.json", res.history)
         rd.put(key, {"steps": res.steps, "pairs": len(pairs), "last": res.history[-1]})
         result["steps"] = res.steps

@@ -18,6 +18,7 @@ from selftrain.rundir import RunDir
 from selftrain.sampling import Engine
 from selftrain.stages.data import Prompts
 from selftrain.tasks.base import Example, Task
+from selftrain.training.checkpoints import remove_checkpoints
 from selftrain.training.sft import train_sft, validation_loss
 
 # where a stage's training starts: saved weights, a snapshot of the trainable weights (DPO-ST's
@@ -74,8 +75,10 @@ def sft_stage(
             eval_every=eval_every,
             patience=patience,
             label=label,
+            checkpoints=out.parent / "checkpoints",
         )
         student.save(out)
+        remove_checkpoints(student, out.parent / "checkpoints")
         record = {"steps": res.steps, "examples": len(data)}
         if validate is not None:
             rd.write_json(out.parent.relative_to(rd.path) / "history.json", res.history)

@@ -11,7 +11,8 @@ import logging
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from selftrain import progress
 from selftrain.config import DPOConfig
 from selftrain.models import Student
+from selftrain.training.checkpoints import StepCheckpoints, fingerprint, resume_plan
 from selftrain.training.loop import batch_plan, can_pack_pairs, pair_logps, scorer_of
 from selftrain.training.trainer import Trainer
 
@@ -86,10 +88,13 @@ def train_dpo(
     seed: int = 0,
     ref: torch.Tensor | None = None,
     label: str = "dpo",
+    checkpoints: Path | None = None,
 ) -> DPOResult:
     """Train the student on ``pairs``; ``ref`` are precomputed reference log-probs.
     ``cfg.batch_size`` pairs per optimizer step over all processes, in micro-batches of
-    ``cfg.micro_batch_size`` (see :mod:`selftrain.training.trainer`)."""
+    ``cfg.micro_batch_size`` (see :mod:`selftrain.training.trainer`). With ``checkpoints``
+    (a folder) and ``cfg.save_every``, a checkpoint is saved there every ``save_every`` steps,
+    and training resumes from the newest (:mod:`.checkpoints`)."""
     if not pairs:
         raise ValueError(f"{label}: no preference pairs")
     if ref is None:
@@ -98,6 +103,10 @@ def train_dpo(
     lengths = [len(p) + max(len(c), len(r)) for p, c, r in pairs]
     per_epoch = math.ceil(len(pairs) / cfg.batch_size)
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * per_epoch
+    settings = cfg.model_dump(exclude={"save_every", "keep_last"})
+    digest = fingerprint(student, "dpo", pairs, ref, settings, total, seed)
+    saves = StepCheckpoints(checkpoints, cfg, student, digest)
+    saves.load_weights()
     trainer = Trainer(student, cfg, total)
     pack = can_pack_pairs(student.model)
 
@@ -122,14 +131,20 @@ def train_dpo(
         return loss, stats
 
     result = DPOResult(steps=0)
+    loop = saves.resume(trainer)
+    if loop:
+        result = DPOResult(**loop["result"])
     with progress.bar(label, total, enabled=student.runtime.is_main) as bar:
-        for idx in batch_plan(len(pairs), cfg.batch_size, rng, lengths, total):
+        bar.advance(result.steps)
+        plan = batch_plan(len(pairs), cfg.batch_size, rng, lengths, total)
+        for idx in resume_plan(plan, result.steps):
             sums = trainer.step(idx, loss_of, norm=len(idx))
             result.steps += 1
             entry = _entry(result.steps, sums, len(idx), cfg.beta)
             result.history.append(entry)
             bar.advance()
             bar.note(f"loss {entry['loss']:.3f} acc {entry['reward_accuracy']:.2f}")
+            saves.after_step(trainer, result.steps, lambda: {"result": asdict(result)})
     trainer.finish()
     if student.runtime.is_main:
         _log_summary(label, result)

@@ -6,13 +6,15 @@ import logging
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
 from selftrain import progress
 from selftrain.config import OptimizerConfig
 from selftrain.models import Student
+from selftrain.training.checkpoints import StepCheckpoints, fingerprint, resume_plan
 from selftrain.training.loop import batch_plan, collate, scorer_of, token_logps
 from selftrain.training.trainer import Trainer
 
@@ -38,6 +40,7 @@ def train_sft(
     eval_every: int = 50,
     patience: int = 2,
     label: str = "sft",
+    checkpoints: Path | None = None,
 ) -> SFTResult:
     """Train on ``data`` for ``epochs`` (or exactly ``max_steps`` steps, cycling the data),
     ``cfg.batch_size`` examples per optimizer step over all processes, in micro-batches of
@@ -47,12 +50,19 @@ def train_sft(
     With ``validate`` (returning a dict with ``accuracy`` and optionally ``loss``), it is called
     every ``eval_every`` steps and at the end; training stops once ``patience`` checks in a row
     bring no gain in accuracy, and the student is left with its best checked weights.
+
+    With ``checkpoints`` (a folder) and ``cfg.save_every``, a checkpoint is saved there every
+    ``save_every`` steps, and training resumes from the newest (:mod:`.checkpoints`).
     """
     if not data:
         raise ValueError(f"{label}: no training examples")
     rng = random.Random(seed)
     lengths = [len(p) + len(c) for p, c in data]
     total = max_steps if max_steps is not None else epochs * math.ceil(len(data) / cfg.batch_size)
+    settings = cfg.model_dump(exclude={"save_every", "keep_last"})
+    digest = fingerprint(student, "sft", data, settings, total, seed, eval_every, patience)
+    saves = StepCheckpoints(checkpoints, cfg, student, digest)
+    saves.load_weights()
     trainer = Trainer(student, cfg, total)
     device = student.runtime.device
 
@@ -64,21 +74,29 @@ def train_sft(
 
     result = SFTResult(steps=0, best_step=0)
     best = _Best(student, patience, label)
+    loop = saves.resume(trainer)
+    if loop:
+        result = SFTResult(**loop["result"])
+        best.load_state_dict(loop["best"])
     with progress.bar(label, total, enabled=student.runtime.is_main) as bar:
-        for idx in batch_plan(len(data), cfg.batch_size, rng, lengths, total):
+        bar.advance(result.steps)
+        plan = batch_plan(len(data), cfg.batch_size, rng, lengths, total)
+        for idx in resume_plan(plan, result.steps):
             tokens = sum(len(data[i][1]) for i in idx)
             loss = trainer.step(idx, loss_of, norm=tokens)["nll"] / tokens
             result.steps += 1
             bar.advance()
             bar.note(f"loss {loss:.3f}")
             at_check = result.steps % eval_every == 0 or result.steps == total
-            if validate is None or not at_check:
-                continue
-            with trainer.student_in_sync():
-                metrics = validate()
-                stop = best.check(result, metrics, loss)
-            if stop:
-                break
+            if validate is not None and at_check:
+                with trainer.student_in_sync():
+                    metrics = validate()
+                    stop = best.check(result, metrics, loss)
+                if stop:
+                    break
+            saves.after_step(
+                trainer, result.steps, lambda: {"result": asdict(result), "best": best.state_dict()}
+            )
     trainer.finish()
     best.restore(result)
     return result
@@ -109,6 +127,13 @@ class _Best:
         if self.stale >= self.patience and main:
             log.info("%s: validation accuracy stopped rising; stopping", self.label)
         return self.stale >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"score": self.score, "state": self.state, "stale": self.stale}
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.score = tuple(saved["score"]) if saved["score"] is not None else None
+        self.state, self.stale = saved["state"], saved["stale"]
 
     def restore(self, result: SFTResult) -> None:
         """Leave the student with the best checked weights (the last ones when never checked)."""
