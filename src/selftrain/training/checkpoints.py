@@ -85,9 +85,12 @@ class StepCheckpoints:
         set_rng_state(torch.load(rng if rng.is_file() else self.path / "rng-0.pt"))
         return self.state["loop"]
 
-    def after_step(self, trainer, step: int, loop: Callable[[], dict[str, Any]]) -> None:
-        """Save a checkpoint when ``step`` is due; ``loop`` gives the training loop's state."""
-        if not self.every or step % self.every:
+    def after_step(
+        self, trainer, step: int, total: int, loop: Callable[[], dict[str, Any]]
+    ) -> None:
+        """Save a checkpoint when ``step`` is due (not the last of ``total``: the stage saves
+        its model then); ``loop`` gives the training loop's state."""
+        if not self.every or step % self.every or step >= total:
             return
         main = self.runtime.is_main
         name = f"{PREFIX}{step:06d}"

@@ -144,7 +144,7 @@ def train_dpo(
             result.history.append(entry)
             bar.advance()
             bar.note(f"loss {entry['loss']:.3f} acc {entry['reward_accuracy']:.2f}")
-            saves.after_step(trainer, result.steps, lambda: {"result": asdict(result)})
+            saves.after_step(trainer, result.steps, total, lambda: {"result": asdict(result)})
     trainer.finish()
     if student.runtime.is_main:
         _log_summary(label, result)

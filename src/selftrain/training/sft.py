@@ -95,7 +95,10 @@ def train_sft(
                 if stop:
                     break
             saves.after_step(
-                trainer, result.steps, lambda: {"result": asdict(result), "best": best.state_dict()}
+                trainer,
+                result.steps,
+                total,
+                lambda: {"result": asdict(result), "best": best.state_dict()},
             )
     trainer.finish()
     best.restore(result)
