@@ -1,7 +1,8 @@
 """The crash test: kill SRIT, DPO-ST and `selftrain eval` at random points (halfway through a
 file write, through SELFTRAIN_CRASH_AT, or at a random moment), resume each with the same
 command, and check the final files equal an uninterrupted run's: the same records (none lost,
-none twice) and the same bytes, timings aside.
+none twice) and the same bytes, timings aside. SRIT's SFT and DPO save a checkpoint every
+step (``save_every: 1``), so a kill inside them resumes mid-stage.
 
 What counts as a timing: stage seconds and peak memory, a file's modification time in
 state.json, a demonstration's time stamp (``at``), evaluation ``seconds`` (results.json and
@@ -43,11 +44,11 @@ def _srit(tiny_dir) -> dict:
         "task": {"name": "arithmetic", "args": {"n_train": 30, "n_validation": 6, "n_test": 6}},
         "teacher": {"n_questions": 8},
         "sft": {"max_epochs": 1, "eval_every": 1, "patience": 1, "val_questions": 3,
-                "max_new_tokens": 8, "batch_size": 4},
+                "max_new_tokens": 8, "batch_size": 4, "save_every": 1},
         "sampling": {"n_questions": 6, "offset": 0, "k": 2, "max_new_tokens": 8,
                      "batch_size": 4},
         "rft": {"with_demos": True},
-        "dpo": {"enabled": True, "batch_size": 2},
+        "dpo": {"enabled": True, "batch_size": 2, "save_every": 1, "keep_last": 1},
         "eval": {"n": 4, "max_new_tokens": 8, "batch_size": 2,
                  "splits": ["in_domain", "out_of_domain"]},
     }  # fmt: skip

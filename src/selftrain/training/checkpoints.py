@@ -14,8 +14,9 @@ seed, steps, optimizer settings and start weights) is loaded and training goes o
 torn or mismatched one is skipped with a warning. The data's order is a function of the seed,
 so the position in it is the step: the plan is replayed up to it (:func:`resume_plan`). The
 stage deletes the folder once its model is saved, so no checkpoint is a stage output
-(records.py). Several processes: rank 0 writes (each rank its own RNG file), every rank loads.
-FSDP2 shards the optimizer state: there, checkpoints are off (a warning says so).
+(records.py). Several processes: rank 0 writes (each rank its own RNG file), every rank loads;
+the optimizer's state goes through ``torch.distributed.checkpoint``'s full state dicts, keyed by
+parameter names, so FSDP2's shards are gathered to rank 0 and split again on load.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 
 from selftrain.config import OptimizerConfig
 from selftrain.io import read_json, write_json_atomic
@@ -54,9 +60,6 @@ class StepCheckpoints:
         self.keep = cfg.keep_last
         self.folder = Path(folder) if folder is not None else Path()
         self.fingerprint = fingerprint
-        if self.every and self.runtime.fsdp:
-            log.warning("save_every: checkpoints inside a stage are not written under FSDP")
-            self.every = 0
         self.state: dict[str, Any] | None = None  # the loaded checkpoint's state.pt
 
     def load_weights(self) -> int:
@@ -79,7 +82,12 @@ class StepCheckpoints:
         :meth:`load_weights` loaded; returns its training-loop state ({} when none)."""
         if self.state is None:
             return {}
-        trainer.optimizer.load_state_dict(self.state["optimizer"])
+        set_optimizer_state_dict(
+            trainer.module,
+            trainer.optimizer,
+            optim_state_dict=self.state["optimizer"],
+            options=StateDictOptions(full_state_dict=True),
+        )
         trainer.schedule.load_state_dict(self.state["scheduler"])
         rng = self.path / f"rng-{self.runtime.rank}.pt"
         set_rng_state(torch.load(rng if rng.is_file() else self.path / "rng-0.pt"))
@@ -103,12 +111,15 @@ class StepCheckpoints:
         with trainer.student_in_sync():
             self.student.save(tmp / "model")  # rank 0 writes, every rank waits
         self.student.weights_dir = None  # the weights trained go on changing
+        # in full, keyed by parameter names (FSDP2: gathered from the shards to rank 0)
+        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        optimizer = get_optimizer_state_dict(trainer.module, trainer.optimizer, options=full)
         if main:
             state = {
                 "version": VERSION,
                 "fingerprint": self.fingerprint,
                 "step": step,
-                "optimizer": trainer.optimizer.state_dict(),
+                "optimizer": optimizer,
                 "scheduler": trainer.schedule.state_dict(),
                 "loop": loop(),
             }
