@@ -94,14 +94,15 @@ def test_sft_killed_mid_stage_resumes_to_the_same_weights(tiny_dir, tmp_path, ki
     _same_weights(resumed, whole)
 
 
-def test_dpo_killed_mid_stage_resumes_to_the_same_weights(tiny_dir, tmp_path, kill_at):
+def test_dpo_killed_mid_stage_resumes_to_the_same_weights(tiny_dir, tmp_path, kill_at, caplog):
     """LoRA with dropout (the random states matter), warm-up then cosine decay (the schedule's
     state matters), AdamW (its moments matter); the last two checkpoints kept; a newest
-    checkpoint torn by the kill is skipped for the one before."""
+    checkpoint torn by the kill is skipped for the one before; another training's (another
+    beta) is not resumed from, and gives way to the new training's own."""
     cfg = DPOConfig(lr=5e-3, batch_size=2, max_steps=9, warmup_ratio=0.3, beta=0.5,
                     save_every=2, keep_last=2)  # fmt: skip
 
-    def run(folder):
+    def run(folder, cfg=cfg):
         s = _student(tiny_dir, lora=True)
         p, q = s.prompt_ids("What is 2+3?"), s.prompt_ids("What is 1+1?")
         pairs = [
@@ -124,4 +125,10 @@ def test_dpo_killed_mid_stage_resumes_to_the_same_weights(tiny_dir, tmp_path, ki
     resumed, res = run(folder)  # from step 4
     assert res.steps == 9 and res.history == whole_res.history
     _same_weights(resumed, whole)
-    assert [e["step"] for e in res.history] == list(range(1, 10))
+    assert sorted(p.name for p in folder.iterdir()) == ["step-000006", "step-000008"]
+
+    other = cfg.model_copy(update={"beta": 0.4, "max_steps": 3})
+    _, res = run(folder, other)
+    assert "of another training" in caplog.text and res.steps == 3
+    assert [e["step"] for e in res.history] == [1, 2, 3]
+    assert sorted(p.name for p in folder.iterdir()) == ["step-000002"]

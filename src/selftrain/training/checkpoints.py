@@ -61,6 +61,7 @@ class StepCheckpoints:
         self.folder = Path(folder) if folder is not None else Path()
         self.fingerprint = fingerprint
         self.state: dict[str, Any] | None = None  # the loaded checkpoint's state.pt
+        self.skipped: list[Path] = []  # torn or another training's: removed at the first save
 
     def load_weights(self) -> int:
         """Load the newest intact checkpoint's weights into the student (before the trainer is
@@ -70,6 +71,7 @@ class StepCheckpoints:
         for path in reversed(self.saved()):
             state = self._intact(path)
             if state is None:
+                self.skipped.append(path)
                 continue
             self.student.load_weights(path / "model")
             self.state, self.path = state, path
@@ -104,8 +106,10 @@ class StepCheckpoints:
         name = f"{PREFIX}{step:06d}"
         tmp, final = self.folder / f".{name}.tmp", self.folder / name
         if main:
-            shutil.rmtree(tmp, ignore_errors=True)
+            for path in [tmp, *self.skipped]:
+                shutil.rmtree(path, ignore_errors=True)
             tmp.mkdir(parents=True)
+        self.skipped = []
         self.runtime.barrier()
         torch.save(rng_state(), tmp / f"rng-{self.runtime.rank}.pt")
         with trainer.student_in_sync():
