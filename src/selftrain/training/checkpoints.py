@@ -29,6 +29,7 @@ import shutil
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from pathlib import Path
+from pickle import UnpicklingError
 from typing import Any
 
 import numpy as np
@@ -151,7 +152,7 @@ class StepCheckpoints:
                 if (path / rel).stat().st_size != size:
                     raise ValueError(f"{rel} has {(path / rel).stat().st_size} bytes, not {size}")
             state = torch.load(path / "state.pt", map_location="cpu")
-        except (OSError, ValueError, KeyError, RuntimeError, EOFError) as e:
+        except (OSError, ValueError, KeyError, RuntimeError, EOFError, UnpicklingError) as e:
             log.warning("checkpoint %s is torn or unreadable (%s); skipped", path, e)
             return None
         if state.get("version") != VERSION or state.get("fingerprint") != self.fingerprint:
