@@ -34,11 +34,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_optimizer_state_dict,
-    set_optimizer_state_dict,
-)
 
 from selftrain.config import OptimizerConfig
 from selftrain.io import read_json, write_json_atomic
@@ -85,6 +80,11 @@ class StepCheckpoints:
         :meth:`load_weights` loaded; returns its training-loop state ({} when none)."""
         if self.state is None:
             return {}
+        from torch.distributed.checkpoint.state_dict import (  # 4 s to import: only here
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
+
         set_optimizer_state_dict(
             trainer.module,
             trainer.optimizer,
@@ -103,6 +103,11 @@ class StepCheckpoints:
         its model then); ``loop`` gives the training loop's state."""
         if not self.every or step % self.every or step >= total:
             return
+        from torch.distributed.checkpoint.state_dict import (  # 4 s to import: only here
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
+
         main = self.runtime.is_main
         name = f"{PREFIX}{step:06d}"
         tmp, final = self.folder / f".{name}.tmp", self.folder / name
