@@ -366,6 +366,9 @@ def version() -> None:
     typer.echo(__version__)
 
 
+from selftrain import cli_export  # noqa: E402, F401  (registers `selftrain export`)
+
+
 def main() -> None:
     app()
 

@@ -65,9 +65,7 @@ def write_gguf(model, folder: Path, path: Path, out_type: str = "f16") -> Path:
     writer.add_add_eos_token(eos)
     names = gguf.TensorNameMap(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     if rope is not None:
-        writer.add_tensor(
-            gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", rope.numpy()
-        )
+        writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", rope.numpy())
     for name, tensor in model.state_dict().items():
         if name == "lm_head.weight" and config.tie_word_embeddings:
             continue  # llama.cpp uses the token embeddings as the output head
@@ -164,9 +162,7 @@ def _llama_cpp_layout(name: str, data: torch.Tensor, config) -> torch.Tensor:
 
 def _permute(w: torch.Tensor, heads: int) -> torch.Tensor:
     return (
-        w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(w.shape)
+        w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
     )
 
 
@@ -241,4 +237,3 @@ def _adds_bos_eos(tok) -> tuple[bool, bool]:
     bos = tok.bos_token_id is not None and len(ids) > 1 and ids[0] == tok.bos_token_id
     eos = tok.eos_token_id is not None and len(ids) > 1 and ids[-1] == tok.eos_token_id
     return bos, eos
-
