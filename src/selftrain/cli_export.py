@@ -56,6 +56,7 @@ def export_(
             gguf=gguf,
             overwrite=overwrite,
             device=device,
+            name=push_to_hub,
         )
         typer.echo(f"exported {done.source.weights} to {out} in {done.seconds:.1f} s:")
         typer.echo("  " + ", ".join(done.files))

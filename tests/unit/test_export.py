@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -184,7 +185,7 @@ def test_gguf_runs_in_llama_cpp(run_dir, merged, tmp_path):
             ours = merged(torch.tensor([ids])).logits[0].numpy()
         assert np.abs(theirs - ours).max() < 1e-3
         llm.reset()
-        answer = [t for _, t in zip(range(12), llm.generate(ids, temp=0.0))]
+        answer = list(itertools.islice(llm.generate(ids, temp=0.0), 12))
         with torch.no_grad():
             greedy = merged.generate(
                 torch.tensor([ids]), max_new_tokens=12, do_sample=False, min_new_tokens=12

@@ -34,9 +34,11 @@ def export(
     gguf: str | None = None,
     overwrite: bool = False,
     device: str = "cpu",
+    name: str | None = None,
 ) -> Exported:
     """Export ``checkpoint`` (a run's stage folder, or an adapter or model folder) to ``out``;
-    everything is written beside ``out`` and renamed into place once complete."""
+    everything is written beside ``out`` and renamed into place once complete. ``name``: the
+    model's name in its card (a hub repository id; default: OUT's name)."""
     from selftrain.export.card import model_card
     from selftrain.export.gguf_file import GGUF_TYPES, write_gguf
     from selftrain.export.write import (
@@ -55,7 +57,7 @@ def export(
     torch_dtype = resolve_dtype(dtype, source)
     check_out(out, overwrite, source)
     gguf_name = f"{out.name}-{gguf}.gguf" if gguf else None
-    card = model_card(source, out.name, str(torch_dtype).removeprefix("torch."), gguf_name)
+    card = model_card(source, name or out.name, str(torch_dtype).removeprefix("torch."), gguf_name)
     model, tokenizer = load_merged(source, device)
     tmp = write_folder(model, tokenizer, out, torch_dtype, max_shard_size, card)
     if gguf_name:
