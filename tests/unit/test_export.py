@@ -202,3 +202,38 @@ def test_gguf_refuses_other_architectures(tokenizer, tmp_path):
     model = tiny_model("qwen2", len(tokenizer))
     with pytest.raises(GGUFExportError, match="this model is 'qwen2'"):
         write_gguf(model, tmp_path, tmp_path / "m.gguf", "f16")
+
+
+def test_gguf_llama3_rotary_scaling_and_untied_head(tokenizer, tmp_path):
+    """Llama 3's rotary scaling (a rope_freqs tensor) and an output head of its own: llama.cpp
+    gives transformers' logits over 150 positions, past the scaling's original context."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import numpy as np
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from selftrain.export.gguf_file import write_gguf
+
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0}
+    rope |= {"low_freq_factor": 1.0, "high_freq_factor": 4.0}
+    rope["original_max_position_embeddings"] = 64
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, rope_parameters=rope,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    tokenizer.save_pretrained(tmp_path)
+    write_gguf(model, tmp_path, tmp_path / "m.gguf", "f32")
+    ids = tokenizer(" ".join(["hello world number 12345"] * 20)).input_ids[:150]
+    llm = llama_cpp.Llama(
+        str(tmp_path / "m.gguf"), n_ctx=256, logits_all=True, verbose=False, n_threads=1
+    )
+    try:
+        llm.eval(ids)
+        theirs = np.array(llm.scores[: len(ids)])
+    finally:
+        llm.close()
+    with torch.no_grad():
+        ours = model(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(theirs - ours).max() < 1e-3
