@@ -529,6 +529,31 @@ def _accelerate_7b(env: Env, argv: list[str], folder: Path) -> None:
     assert argv[-2:] == ["--run-dir", "runs/dpo-st-7b"]
 
 
+def _export(env: Env, argv: list[str], folder: Path) -> None:
+    """``selftrain export`` of make demo's run: the folder loads with transformers and its
+    card has the run's accuracy; ``--gguf`` writes the file; ``--push-to-hub`` against a hub
+    that cannot be reached (a closed port) is one line, the export kept."""
+    from huggingface_hub import constants
+    from transformers import AutoConfig
+
+    out = folder / argv[2]
+    if "--push-to-hub" in argv:
+        endpoint, constants.ENDPOINT = constants.ENDPOINT, "http://127.0.0.1:9"
+        try:
+            result = env.cli(argv, folder, code=2)
+        finally:
+            constants.ENDPOINT = endpoint
+        assert "error: --push-to-hub me/demo-rft: " in result.output
+    else:
+        env.cli(argv, folder)
+    assert AutoConfig.from_pretrained(out).model_type == "llama"
+    assert "| **" in (out / "README.md").read_text()  # this model's accuracy row
+    if "--gguf" in argv:
+        assert (out / f"{out.name}-f16.gguf").stat().st_size > 0
+    if "--max-shard-size" in argv:
+        assert AutoConfig.from_pretrained(out).dtype == "bfloat16"
+
+
 DEMO = "make demo"
 EVAL_SFT = "selftrain eval --adapter runs/demo/sft --tasks gsm8k --out evals/sft"
 
@@ -618,6 +643,18 @@ CASES: dict[str, Case] = {
         "the tiny model, --limit 2", _demos_hf
     ),
     "selftrain demos --teacher gold --task gsm8k": Case("as it is", _demos_gold),
+    "selftrain export runs/demo/rft exported/demo-rft": Case(
+        "as it is, on make demo's run", _export, after=DEMO
+    ),
+    "selftrain export runs/demo/sft exported/demo-sft --dtype bfloat16 --max-shard-size 500MB": (
+        Case("as it is, on make demo's run", _export, after=DEMO)
+    ),
+    "selftrain export runs/demo/rft exported/demo-gguf --gguf f16": Case(
+        "as it is, on make demo's run", _export, after=DEMO
+    ),
+    "selftrain export runs/demo/rft exported/demo-hub --push-to-hub me/demo-rft --private": Case(
+        "a hub that cannot be reached: one line", _export, after=DEMO
+    ),
     "selftrain run --set teacher.kind=api --set teacher.model=gpt-4o-mini --run-dir runs/gpt": (
         Case("--set: tiny, teacher.base_url the fake server", _run_api_teacher)
     ),

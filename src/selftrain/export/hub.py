@@ -31,7 +31,7 @@ def check_repo(repo: str) -> None:
 def push(folder: Path, repo: str, private: bool = False) -> str:
     """Upload ``folder`` to the model repository ``repo`` (created when missing); its URL."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
     later = f"the export is in {folder}; upload it later with: hf upload {repo} {folder}"
     api = HfApi()
@@ -47,6 +47,10 @@ def push(folder: Path, repo: str, private: bool = False) -> str:
             403: "this token may not write to it (a write token, or your own namespace)",
         }.get(status, f"the hub answered {status}")
         raise ExportError(f"--push-to-hub {repo}: {why}; {later}") from None
+    except LocalTokenNotFoundError:
+        raise ExportError(
+            f"--push-to-hub {repo}: not logged in (set HF_TOKEN or run `hf auth login`); {later}"
+        ) from None
     except (OSError, ConnectionError) as e:  # offline, DNS, refused, timeouts
         raise ExportError(
             f"--push-to-hub {repo}: the hub is not reachable ({type(e).__name__}); {later}"
