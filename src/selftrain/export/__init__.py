@@ -4,6 +4,7 @@ file for llama.cpp and Ollama on request; pushed to the hub on request."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ def export(
     everything is written beside ``out`` and renamed into place once complete. ``name``: the
     model's name in its card (a hub repository id; default: OUT's name)."""
     from selftrain.export.card import model_card
-    from selftrain.export.gguf_file import GGUF_TYPES, write_gguf
+    from selftrain.export.gguf_file import GGUF_TYPES, check_architecture, write_gguf
     from selftrain.export.write import (
         check_out,
         find_source,
@@ -59,9 +60,16 @@ def export(
     gguf_name = f"{out.name}-{gguf}.gguf" if gguf else None
     card = model_card(source, name or out.name, str(torch_dtype).removeprefix("torch."), gguf_name)
     model, tokenizer = load_merged(source, device)
-    tmp = write_folder(model, tokenizer, out, torch_dtype, max_shard_size, card)
     if gguf_name:
-        write_gguf(model, tmp, tmp / gguf_name, gguf)
+        check_architecture(model.config)
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        write_folder(model, tokenizer, tmp, torch_dtype, max_shard_size, card)
+        if gguf_name:
+            write_gguf(model, tmp, tmp / gguf_name, gguf)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     put_in_place(tmp, out)
     return Exported(
         out=out,

@@ -37,12 +37,7 @@ def write_gguf(model, folder: Path, path: Path, out_type: str = "f16") -> Path:
     config = model.config
     if out_type not in GGUF_TYPES:
         raise GGUFExportError(f"--gguf takes {', '.join(GGUF_TYPES)}, not {out_type!r}")
-    if config.model_type != "llama":
-        raise GGUFExportError(
-            f"GGUF export maps the Llama architecture (SmolLM2, Llama 3, TinyLlama); this model "
-            f"is {config.model_type!r}: export without --gguf and convert it with llama.cpp's "
-            "convert_hf_to_gguf.py"
-        )
+    check_architecture(config)
     qtype = getattr(gguf.GGMLQuantizationType, out_type.upper())
     from transformers import AutoTokenizer
 
@@ -91,6 +86,22 @@ def write_gguf(model, folder: Path, path: Path, out_type: str = "f16") -> Path:
     return path
 
 
+def check_architecture(config) -> None:
+    """Refuse a model this writer does not map, and rotary scaling it would write wrong."""
+    if config.model_type != "llama":
+        raise GGUFExportError(
+            f"GGUF export maps the Llama architecture (SmolLM2, Llama 3, TinyLlama); this model "
+            f"is {config.model_type!r}: export without --gguf and convert it with llama.cpp's "
+            "convert_hf_to_gguf.py"
+        )
+    rope = _rope_parameters(config)["rope_type"]
+    if rope not in ("default", "llama3"):
+        raise GGUFExportError(
+            f"GGUF export: rotary scaling {rope!r} is not mapped (default and llama3 are); "
+            "convert with llama.cpp's convert_hf_to_gguf.py"
+        )
+
+
 def _hyperparameters(writer, config, qtype) -> None:
     import gguf
 
@@ -132,15 +143,10 @@ def _rope_parameters(config) -> dict:
 def _rope_factors(config) -> torch.Tensor | None:
     """Llama 3's frequency scaling as llama.cpp takes it (a ``rope_freqs`` tensor: each
     frequency's divisor), computed by transformers' own Llama 3 rotary initialisation; None
-    without scaling. Other scalings are refused rather than written wrong."""
+    without scaling."""
     params = _rope_parameters(config)
     if params["rope_type"] == "default":
         return None
-    if params["rope_type"] != "llama3":
-        raise GGUFExportError(
-            f"GGUF export: rotary scaling {params['rope_type']!r} is not mapped (default and "
-            "llama3 are); convert with llama.cpp's convert_hf_to_gguf.py"
-        )
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     heads = config.num_attention_heads

@@ -146,11 +146,10 @@ def generation_config(model, tokenizer):
 
 
 def write_folder(
-    model, tokenizer, out: Path, dtype: torch.dtype, max_shard_size: str, card: str
-) -> Path:
+    model, tokenizer, tmp: Path, dtype: torch.dtype, max_shard_size: str, card: str
+) -> None:
     """Write the model (safetensors, sharded above ``max_shard_size``), tokenizer, generation
-    config and model card into ``out``.tmp, then put it in place of ``out``."""
-    tmp = out.with_name(out.name + ".tmp")
+    config and model card into the new folder ``tmp`` (:func:`put_in_place` moves it)."""
     shutil.rmtree(tmp, ignore_errors=True)
     model = model.to(dtype)
     model.generation_config = generation_config(model, tokenizer)
@@ -160,7 +159,6 @@ def write_folder(
         raise ExportError(f"--max-shard-size {max_shard_size}: {e}") from None
     tokenizer.save_pretrained(tmp)
     (tmp / "README.md").write_text(card, encoding="utf-8")
-    return tmp
 
 
 def put_in_place(tmp: Path, out: Path) -> None:
