@@ -237,3 +237,29 @@ def test_gguf_llama3_rotary_scaling_and_untied_head(tokenizer, tmp_path):
     with torch.no_grad():
         ours = model(torch.tensor([ids])).logits[0].numpy()
     assert np.abs(theirs - ours).max() < 1e-3
+
+
+def test_the_card_names_a_dpo_st_round(tmp_path):
+    """DPO-ST's metrics (the warm-up, each round's SFT and DPO models) become rows named by
+    their stage folders; the exported round's DPO model is the bold row, its training record
+    the data section's numbers."""
+    from selftrain.export.card import model_card
+    from selftrain.export.write import Source
+
+    result = {"accuracy": 0.5, "n": 2, "ci95": [0.0945, 0.9055]}
+    metrics = {
+        "warmup": {"eval": {"test": result}, "training": {"examples": 8}},
+        "dpo_st": {"rounds": {"1": {"eval": {"test": result}, "eval_dpo": {"test": result},
+                                    "dpo_training": {"pairs": 6, "steps": 3}}}},
+        "calculator": {"warmup": {"test": {"with": 0.5, "without": 0.0, "n": 2}}},
+    }  # fmt: skip
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({"method": "dpo_st", "task": {}}))
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    source = Source(tmp_path, True, "HuggingFaceTB/SmolLM2-135M", None, tmp_path, "dpo_st/r1/dpo")
+    card = model_card(source, "me/m", "float32")
+    assert "base_model: HuggingFaceTB/SmolLM2-135M" in card
+    assert "| warmup | test | 50.0 | 9.4-90.5 | 2 |" in card
+    assert "| dpo_st/r1/sft | test |" in card
+    assert "| **dpo_st/r1/dpo** | **test** |" in card
+    assert "- pairs: 6\n- steps: 3" in card and "calculator" not in card.split("## Use")[0]
+    assert 'from_pretrained("me/m")' in card

@@ -66,16 +66,16 @@ def _summary(source: Source, recipe: dict, dtype: str, gguf: str | None) -> str:
 
 
 def _data(recipe: dict, metrics: dict, stage: str | None) -> str:
-    task = recipe.get("task")
-    if not task:
-        return ""
-    args = ", ".join(f"{k}={v}" for k, v in (task.get("args") or {}).items())
-    lines = ["## Data\n", f"- task: `{task.get('name')}`" + (f" ({args})" if args else "")]
-    training = _training_record(metrics, stage)
-    for key, value in training.items():
+    """The task it was trained on and its stage's training record (examples, pairs, steps)."""
+    lines = ["## Data\n"]
+    task = recipe.get("task") or {}
+    if task.get("name"):
+        args = ", ".join(f"{k}={v}" for k, v in (task.get("args") or {}).items())
+        lines.append(f"- task: `{task['name']}`" + (f" ({args})" if args else ""))
+    for key, value in _training_record(metrics, stage).items():
         if isinstance(value, (int, float, str)):
             lines.append(f"- {key.replace('_', ' ')}: {value}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" if len(lines) > 1 else ""
 
 
 def _training_record(metrics: dict, stage: str | None) -> dict:
