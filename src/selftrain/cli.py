@@ -366,6 +366,9 @@ def version() -> None:
     typer.echo(__version__)
 
 
+from selftrain import cli_stages  # noqa: E402, F401 - registers sft, sample, pairs, rft, dpo
+
+
 def main() -> None:
     app()
 
