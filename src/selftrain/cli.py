@@ -366,7 +366,8 @@ def version() -> None:
     typer.echo(__version__)
 
 
-from selftrain import cli_export  # noqa: E402, F401  (registers `selftrain export`)
+# registers sft, sample, pairs, rft, dpo (cli_stages) and export (cli_export)
+from selftrain import cli_export, cli_stages  # noqa: E402, F401
 
 
 def main() -> None:
