@@ -366,6 +366,10 @@ def version() -> None:
     typer.echo(__version__)
 
 
+# registers sft, sample, pairs, rft, dpo (cli_stages) and export (cli_export)
+from selftrain import cli_export, cli_stages  # noqa: E402, F401
+
+
 def main() -> None:
     app()
 

@@ -204,6 +204,29 @@ def _case_teacher_down(tmp, model):
     return [*args, "--out", str(tmp / "d.jsonl"), "--cache-dir", str(tmp / "c"), "--no-progress"]
 
 
+def _case_export_missing(tmp, model):
+    return ["export", str(tmp / "runs" / "x" / "sft"), str(tmp / "out")]
+
+
+def _case_export_out_taken(tmp, model):
+    (tmp / "out").mkdir()
+    (tmp / "out" / "notes.txt").write_text("mine")
+    return ["export", str(model), str(tmp / "out")]
+
+
+def _case_export_gguf_qwen2(tmp, model):
+    from selftrain.models import load_tokenizer, tiny_model
+
+    tokenizer = load_tokenizer(str(model))
+    tiny_model("qwen2", len(tokenizer)).save_pretrained(tmp / "qwen2")
+    tokenizer.save_pretrained(tmp / "qwen2")
+    return ["export", str(tmp / "qwen2"), str(tmp / "out"), "--gguf", "f16"]
+
+
+def _case_export_hub_id(tmp, model):
+    return ["export", str(model), str(tmp / "out"), "--push-to-hub", "me/my model"]
+
+
 # (what is wrong, how to make it); the table's rows, in order
 CASES: list[tuple[str, Callable[[Path, Path], list[str]]]] = [
     ("recipe file not UTF-8", _case_recipe_not_utf8),
@@ -236,6 +259,10 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]]]] = [
     ("`compare` folder missing", _case_compare_missing),
     ("`compare --out` is a folder", _case_compare_out_folder),
     ("API teacher unreachable", _case_teacher_down),
+    ("`export` checkpoint missing", _case_export_missing),
+    ("`export` into a folder with files", _case_export_out_taken),
+    ("`export --gguf` of a Qwen2 model", _case_export_gguf_qwen2),
+    ("`export --push-to-hub` id malformed", _case_export_hub_id),
 ]
 
 
