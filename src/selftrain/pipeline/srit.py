@@ -129,7 +129,9 @@ def _stages(rd: RunDir, recipe: Recipe, task, splits: dict, student: Student, en
     )  # fmt: skip
     cot, direct = read_samples(samples, "cot"), read_samples(samples, "direct")
     first_demo = {qid: texts[0] for qid, texts in kept.items()}
-    pairs = srit_pairs_stage(rd, cot, direct, first_demo, c.pairs, seed)
+    pairs = srit_pairs_stage(
+        rd, cot, direct, first_demo, c.pairs, seed, lambda q: prompts.messages(by_id[q])
+    )
 
     start, steps, final = sft, 0, None  # stage 2's next start, its steps so far, its model
     if c.rft.enabled:
