@@ -366,6 +366,9 @@ def version() -> None:
     typer.echo(__version__)
 
 
+from selftrain import cli_export_data  # noqa: E402, F401  (registers export-data)
+
+
 def main() -> None:
     app()
 
