@@ -209,4 +209,5 @@ def _write(rows: list[dict], name: str, folder: Path, fmt: str) -> None:
     if fmt == "parquet":
         table.to_parquet(str(folder / f"{name}.parquet"))
     else:
-        table.save_to_disk(str(folder / name))
+        # one shard even when empty: datasets cannot load an empty table saved in none
+        table.save_to_disk(str(folder / name), num_shards=1 if not rows else None)

@@ -26,10 +26,8 @@ RIGHT = ["Step 1: 2+3=5\nStep 2: 5*2=10\n#### 10", "It is 7.\n#### 7"]
 WRONG = ["Step 1: 2+3=5\nStep 2: 5*2=12\n#### 12", "#### 9"]
 
 
-def _srit_run(path):
-    """An SRIT run directory through its data, demos, samples, pairs and rft stages (the
-    samples and demos written here instead of by a model and a teacher)."""
-    recipe = load_recipe(
+def _srit_recipe():
+    return load_recipe(
         None,
         {
             "student": {"system_prompt": SYSTEM},
@@ -41,6 +39,12 @@ def _srit_run(path):
             "pairs": {"truncate_rejected": True, "teacher_fallback": False},
         },
     )
+
+
+def _srit_run(path):
+    """An SRIT run directory through its data, demos, samples, pairs and rft stages (the
+    samples and demos written here instead of by a model and a teacher)."""
+    recipe = _srit_recipe()
     task = tasks.get(recipe.task.name, **recipe.task.args)
     with RunDir(path, recipe) as rd:
         train = srit_data(rd, srit_splits(task, recipe))["train"]
@@ -95,6 +99,19 @@ def test_export_writes_every_table_that_datasets_loads(tmp_path):
     assert samples[0]["prompt"] == pairs[0]["prompt"]
     with pytest.raises(ValueError, match="exists"):
         export_data(tmp_path / "run", tmp_path / "out")
+
+
+def test_a_run_stopped_before_its_samples_exports_empty_tables_that_load(tmp_path):
+    from datasets import load_from_disk
+
+    recipe = _srit_recipe()
+    task = tasks.get(recipe.task.name, **recipe.task.args)
+    with RunDir(tmp_path / "run", recipe) as rd:
+        srit_data(rd, srit_splits(task, recipe))
+        write_jsonl_atomic(tmp_path / "run" / "samples.jsonl", [{"id": "torn"}])  # not done
+    assert export_data(tmp_path / "run", tmp_path / "out") == dict.fromkeys(TABLES, 0)
+    pairs = load_from_disk(str(tmp_path / "out" / "pairs"))
+    assert len(pairs) == 0 and {"prompt", "chosen", "rejected"} <= set(pairs.column_names)
 
 
 def test_export_of_a_dpo_st_run_as_parquet(tmp_path):
