@@ -197,3 +197,27 @@ def test_trl_dpo_trainer_takes_a_step_on_the_exported_pairs(tmp_path, tiny_dir, 
     assert row["chosen_ids"][: len(chosen)] == chosen
     cut = s.completion_ids(pair["rejected"][0]["content"], eos=False)
     assert row["rejected_ids"][: len(cut) + 1] == [*cut, s.eos_id]
+
+
+def test_pairs_written_before_they_carried_a_prompt_still_train_and_export(tmp_path, make_student):
+    """A run directory from before: plain-text chosen/rejected and no prompt. Its DPO stage
+    tokenizes them as it does today's records, and the export rebuilds the same prompt."""
+    from selftrain.stages.dpo import tokenize_pairs
+    from selftrain.tasks.base import Example
+
+    task, train, pairs = _srit_run(tmp_path / "run")
+    old = [
+        {k: (v[0]["content"] if k in ("chosen", "rejected") else v) for k, v in p.items()}
+        for p in pairs
+    ]
+    for p in old:
+        del p["prompt"]
+    s = make_student(system_prompt=SYSTEM)
+    by_id: dict[str, Example] = {e.id: e for e in train}
+    prompts = Prompts(s, task)
+    assert tokenize_pairs(s, old, by_id, prompts) == tokenize_pairs(s, pairs, by_id, prompts)
+    export_data(tmp_path / "run", tmp_path / "new", "jsonl")
+    write_jsonl_atomic(tmp_path / "run" / "pairs.jsonl", old)
+    export_data(tmp_path / "run", tmp_path / "old", "jsonl")
+    new_rows = read_jsonl(tmp_path / "new" / "pairs.jsonl")
+    assert read_jsonl(tmp_path / "old" / "pairs.jsonl") == new_rows
