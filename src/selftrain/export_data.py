@@ -62,7 +62,7 @@ def read_run(run_dir: Path) -> tuple[Recipe, set[str]]:
     if not (run_dir / "recipe.yaml").is_file() or not (run_dir / "state.json").is_file():
         raise RunDirError(
             f"{run_dir}: not a run directory (no recipe.yaml and state.json); give the folder "
-            "`selftrain run` wrote (runs/NAME, or its --run-dir)"
+            "that selftrain run wrote (runs/NAME, or its --run-dir)"
         )
     try:
         recipe = parse_recipe(_upgraded(_read_saved(run_dir / "recipe.yaml")))
