@@ -167,7 +167,7 @@ def test_trl_dpo_trainer_takes_a_step_on_the_exported_pairs(tmp_path, tiny_dir, 
     """The exported pairs go to TRL's DPOTrainer as they are: one optimizer step on the CPU,
     on the tokens selftrain's own DPO scores (but for the truncated path's EOS)."""
     pytest.importorskip("trl")
-    from datasets import load_from_disk
+    from datasets import load_dataset, load_from_disk
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
@@ -175,6 +175,7 @@ def test_trl_dpo_trainer_takes_a_step_on_the_exported_pairs(tmp_path, tiny_dir, 
     result = CliRunner().invoke(app, ["export-data", str(tmp_path / "run"), str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     pairs = load_from_disk(str(tmp_path / "out" / "pairs"))
+    run_pairs = tmp_path / "run" / "pairs.jsonl"
     args = DPOConfig(
         output_dir=str(tmp_path / "trl"), max_steps=1, per_device_train_batch_size=2,
         report_to="none", use_cpu=True, save_strategy="no", logging_steps=1,
@@ -184,8 +185,12 @@ def test_trl_dpo_trainer_takes_a_step_on_the_exported_pairs(tmp_path, tiny_dir, 
         model=AutoModelForCausalLM.from_pretrained(tiny_dir),
         args=args,
         train_dataset=pairs,
+        # the run's own pairs.jsonl, read as JSON, is a dataset TRL takes as it is too
+        eval_dataset=load_dataset("json", data_files=str(run_pairs))["train"],
         processing_class=AutoTokenizer.from_pretrained(tiny_dir),
     )
+    for column in ("prompt_ids", "chosen_ids", "rejected_ids"):
+        assert trainer.eval_dataset[column] == trainer.train_dataset[column]
     out = trainer.train()
     assert out.global_step == 1 and out.training_loss > 0
     # TRL's tokens are the student's: the same prompt ids, the chosen path then EOS; but the
