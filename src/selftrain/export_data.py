@@ -117,7 +117,7 @@ def _dpo_st_rows(run_dir: Path, recipe: Any, done: set[str], prompts: _Prompts) 
     if "warmup.sft" in done:
         for e in list(prompts.examples.values())[: cfg.gold_questions]:
             text = gold_rationale(prompts.task, e)
-            tables["sft"].append(_sft_row(prompts, e.id, text, "warmup (gold rationales)"))
+            tables["sft"].append(_sft_row(prompts, e.id, text, "warmup"))
     for arm, r in _rounds(recipe):
         folder, stage = f"{arm}/r{r}", f"{arm}.r{r}"
         for name in ("dpo_samples", "sft_samples"):
