@@ -18,6 +18,7 @@ from typing import IO, Any
 import yaml
 from pydantic import ValidationError
 
+from selftrain import tracking
 from selftrain.config import DPOSTRecipe, Recipe, SRITRecipe, parse_recipe
 from selftrain.errors import yaml_problem
 from selftrain.io import read_json, write_json_atomic, write_text_atomic
@@ -48,8 +49,10 @@ class RunDir:
         if self.runtime.is_main:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock = _lock(self.path)  # held until close() or the process ends
+        self.tracking: tracking.Tracking | None = None
         try:
             self._open(recipe)
+            self.tracking = tracking.start(recipe.report_to, self.path, self.runtime.is_main)
         except BaseException:
             self.close()
             raise
@@ -61,7 +64,10 @@ class RunDir:
         self.close()
 
     def close(self) -> None:
-        """Let another process run in this directory."""
+        """Close the trackers; let another process run in this directory."""
+        if self.tracking is not None:
+            tracking.stop(self.tracking)
+            self.tracking = None
         if self._lock is not None:
             self._lock.close()  # closing the file releases its lock
             self._lock = None
@@ -76,7 +82,7 @@ class RunDir:
             old = _with_defaults(_read_saved(saved))
             # a key the saved recipe lacks reads as its default (or null): run dirs made before
             # a key or section (such as dpo_st) was added to the schema still resume
-            diff = sorted(_diff_keys(old, resolved))
+            diff = sorted(_diff_keys(old, resolved) - _NO_EFFECT)
             if diff:
                 raise RunDirError(
                     f"{self.path} holds a run of a different recipe (keys that differ: "
@@ -181,11 +187,13 @@ class RunDir:
         result: dict[str, Any] = {}
         self._current, self._puts = name, []
         try:
-            yield result
+            with tracking.in_stage(name):
+                yield result
         finally:
             self._current = None
             secs = self.state["seconds"]
             secs[name] = round(secs.get(name, 0.0) + time.monotonic() - start, 1)
+            tracking.log({name: secs[name]}, 0, prefix="stage_seconds")
             peak = _peak_rss_mb()
             if peak is not None:  # the process's peak so far: the stage that raised it shows
                 self.state.setdefault("peak_rss_mb", {})[name] = peak
@@ -355,6 +363,9 @@ def _with_defaults(saved: Any) -> Any:
     except ValidationError:
         return saved
 
+
+# recipe keys that change no output: a run resumes with other values
+_NO_EFFECT = {"report_to"}
 
 # DPO-ST's sampler keys, under dpo_st until 2026-12-04, now in the shared sampling section
 _MOVED_TO_SAMPLING = {
