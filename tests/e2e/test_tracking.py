@@ -10,6 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from selftrain import tracking
 from selftrain.config import load_recipe
 from selftrain.pipeline import srit
+from selftrain.rundir import RunDir, RunDirError
 
 
 def _recipe(tiny_dir, report_to):
@@ -140,3 +141,15 @@ def test_report_to_takes_transformers_forms():
         load_recipe(None, {"report_to": ["none", "wandb"]})
     with pytest.raises(ValueError, match=r"report_to\.0"):
         load_recipe(None, {"report_to": "tensorbord"})
+
+
+def test_a_run_resumes_with_another_report_to(tmp_path):
+    with RunDir(tmp_path, load_recipe(None, {"report_to": "none"})) as rd, rd.stage("a"):
+        tracking.log({"x": 1.0}, 1)  # no tracker: nothing written
+    assert not (tmp_path / "tracking").exists()
+    with RunDir(tmp_path, load_recipe(None, {"report_to": "tensorboard"})) as rd, rd.stage("b"):
+        tracking.log({"x": 2.0}, 3)
+    assert _scalars(tmp_path)["b/x"] == [(3, 2.0)]
+    assert set(_scalars(tmp_path)) == {"b/x", "stage_seconds/b"}
+    with pytest.raises(RunDirError, match="seed"):
+        RunDir(tmp_path, load_recipe(None, {"report_to": "tensorboard", "seed": 1}))
