@@ -5,8 +5,8 @@ The run directory opens the trackers (:func:`start`, rank 0 only; the other rank
 nothing) and names the stage in progress (:func:`in_stage`); the stages and training loops
 call :func:`log`, whose tags are prefixed by that stage (``sft/loss``, ``dpo/margin``) and
 whose steps are counted per stage (a stage's optimizer steps). A backend's package is imported
-only when the recipe names it, and its files are created on the first scalar, under
-``<run_dir>/tracking/`` (which holds no stage output: records.py leaves it out).
+only when the recipe names it, and its files go under ``<run_dir>/tracking/`` (which holds
+no stage output: records.py leaves it out).
 """
 
 from __future__ import annotations
@@ -128,43 +128,42 @@ def backends(report_to: list[str]) -> list[str]:
 
 
 class Tracking:
-    """The run's trackers, opened on the first scalar; the stage in progress and the last step
-    each stage logged."""
+    """The run's trackers (opened here, so that a tracker that cannot start, such as wandb
+    without a login, stops the run before its first stage), the stage in progress and the last
+    step each stage logged."""
 
     def __init__(self, names: list[str], log_dir: Path, run_name: str):
-        self.names, self.log_dir, self.run_name = names, log_dir, run_name
-        self.trackers: list[Tracker] | None = None
+        self.trackers: list[Tracker] = [_CLASSES[n](log_dir, run_name) for n in names]
         self.stage: str | None = None
         self.steps: dict[str, int] = {}
 
     def log(self, scalars: Mapping[str, float], step: int | None, prefix: str | None) -> None:
-        if not self.names:
+        if not self.trackers:
             return
         prefix = self.stage if prefix is None else prefix
         key = prefix or ""
         step = self.steps.get(key, 0) if step is None else step
         self.steps[key] = step
         tagged = {f"{prefix}/{k}" if prefix else k: float(v) for k, v in scalars.items()}
-        if self.trackers is None:
-            self.trackers = [_CLASSES[n](self.log_dir, self.run_name) for n in self.names]
         for tracker in self.trackers:
             tracker.log(tagged, step)
 
     def close(self) -> None:
-        for tracker in self.trackers or []:
+        for tracker in self.trackers:
             tracker.close()
-        self.trackers = None
+        self.trackers = []
 
 
 _active: Tracking | None = None
 
 
 def start(report_to: list[str], run_dir: Path, enabled: bool = True) -> Tracking:
-    """The trackers of a run in ``run_dir`` (none when not ``enabled``: ranks but 0), made the
-    ones :func:`log` writes to; files go to ``run_dir/tracking``, the run named after it."""
+    """The trackers of a run in ``run_dir`` (none when not ``enabled``: ranks but 0, which
+    check the packages all the same, so that every rank stops alike), made the ones
+    :func:`log` writes to; files go to ``run_dir/tracking``, the run named after it."""
     global _active
-    names = backends(report_to) if enabled else []
-    _active = Tracking(names, run_dir / "tracking", run_dir.resolve().name)
+    names = backends(report_to)  # on every rank, so that every rank stops alike
+    _active = Tracking(names if enabled else [], run_dir / "tracking", run_dir.resolve().name)
     return _active
 
 
