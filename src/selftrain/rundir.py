@@ -49,10 +49,9 @@ class RunDir:
         if self.runtime.is_main:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock = _lock(self.path)  # held until close() or the process ends
-        self.tracking: tracking.Tracking | None = None
         try:
             self._open(recipe)
-            self.tracking = tracking.start(recipe.report_to, self.path, self.runtime.is_main)
+            tracking.start(recipe.report_to, self.path, self.runtime.is_main, lambda: self._current)
         except BaseException:
             self.close()
             raise
@@ -65,10 +64,8 @@ class RunDir:
 
     def close(self) -> None:
         """Close the trackers; let another process run in this directory."""
-        if self.tracking is not None:
-            tracking.stop(self.tracking)
-            self.tracking = None
-        if self._lock is not None:
+        if self._lock is not None:  # rank 0's, which holds the lock: a refused one has none
+            tracking.stop(self.path)
             self._lock.close()  # closing the file releases its lock
             self._lock = None
 
@@ -81,8 +78,8 @@ class RunDir:
         if saved.exists():  # every rank checks, so every rank stops on a mismatch
             old = _with_defaults(_read_saved(saved))
             # a key the saved recipe lacks reads as its default (or null): run dirs made before
-            # a key or section (such as dpo_st) was added to the schema still resume
-            diff = sorted(_diff_keys(old, resolved) - _NO_EFFECT)
+            # a key or section (dpo_st) was in the schema still resume; report_to may differ
+            diff = sorted(_diff_keys(old, resolved) - {"report_to"})
             if diff:
                 raise RunDirError(
                     f"{self.path} holds a run of a different recipe (keys that differ: "
@@ -187,8 +184,7 @@ class RunDir:
         result: dict[str, Any] = {}
         self._current, self._puts = name, []
         try:
-            with tracking.in_stage(name):
-                yield result
+            yield result
         finally:
             self._current = None
             secs = self.state["seconds"]
@@ -363,9 +359,6 @@ def _with_defaults(saved: Any) -> Any:
     except ValidationError:
         return saved
 
-
-# recipe keys that change no output: a run resumes with other values
-_NO_EFFECT = {"report_to"}
 
 # DPO-ST's sampler keys, under dpo_st until 2026-12-04, now in the shared sampling section
 _MOVED_TO_SAMPLING = {

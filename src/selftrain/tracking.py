@@ -2,7 +2,7 @@
 trackio; ``all``: those installed; ``none`` or ``[]``: nothing) gets the run's scalars.
 
 The run directory opens the trackers (:func:`start`, rank 0 only; the other ranks log
-nothing) and names the stage in progress (:func:`in_stage`); the stages and training loops
+nothing) and tells the stage in progress; the stages and training loops
 call :func:`log`, whose tags are prefixed by that stage (``sft/loss``, ``dpo/margin``) and
 whose steps are counted per stage (a stage's optimizer steps). A backend's package is imported
 only when the recipe names it, and its files go under ``<run_dir>/tracking/`` (which holds
@@ -12,8 +12,7 @@ no stage output: records.py leaves it out).
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -132,15 +131,18 @@ class Tracking:
     without a login, stops the run before its first stage), the stage in progress and the last
     step each stage logged."""
 
-    def __init__(self, names: list[str], log_dir: Path, run_name: str):
-        self.trackers: list[Tracker] = [_CLASSES[n](log_dir, run_name) for n in names]
-        self.stage: str | None = None
+    def __init__(
+        self, names: list[str], run_dir: Path, stage: Callable[[], str | None] = lambda: None
+    ):
+        self.run_dir, self.stage = run_dir, stage
+        log_dir, name = run_dir / "tracking", run_dir.resolve().name
+        self.trackers: list[Tracker] = [_CLASSES[n](log_dir, name) for n in names]
         self.steps: dict[str, int] = {}
 
     def log(self, scalars: Mapping[str, float], step: int | None, prefix: str | None) -> None:
         if not self.trackers:
             return
-        prefix = self.stage if prefix is None else prefix
+        prefix = self.stage() if prefix is None else prefix
         key = prefix or ""
         step = self.steps.get(key, 0) if step is None else step
         self.steps[key] = step
@@ -157,35 +159,29 @@ class Tracking:
 _active: Tracking | None = None
 
 
-def start(report_to: list[str], run_dir: Path, enabled: bool = True) -> Tracking:
+def start(
+    report_to: list[str],
+    run_dir: Path,
+    enabled: bool = True,
+    stage: Callable[[], str | None] = lambda: None,
+) -> Tracking:
     """The trackers of a run in ``run_dir`` (none when not ``enabled``: ranks but 0, which
     check the packages all the same, so that every rank stops alike), made the ones
-    :func:`log` writes to; files go to ``run_dir/tracking``, the run named after it."""
+    :func:`log` writes to; files go to ``run_dir/tracking``, the run named after it.
+    ``stage()`` names the stage in progress, the prefix of the tags logged meanwhile."""
     global _active
     names = backends(report_to)  # on every rank, so that every rank stops alike
-    _active = Tracking(names if enabled else [], run_dir / "tracking", run_dir.resolve().name)
+    _active = Tracking(names if enabled else [], run_dir, stage)
     return _active
 
 
-def stop(tracking: Tracking) -> None:
-    """Close ``tracking``'s trackers (flushing them); :func:`log` then writes nowhere."""
+def stop(run_dir: Path) -> None:
+    """Close the trackers of the run in ``run_dir`` (flushing them), if they are the ones
+    :func:`log` writes to; it then writes nowhere."""
     global _active
-    tracking.close()
-    if _active is tracking:
+    if _active is not None and _active.run_dir == run_dir:
+        _active.close()
         _active = None
-
-
-@contextmanager
-def in_stage(name: str) -> Iterator[None]:
-    """Tags logged meanwhile are prefixed by ``name``, steps counted from the stage's own."""
-    tracking = _active
-    if tracking is not None:
-        tracking.stage = name
-    try:
-        yield
-    finally:
-        if tracking is not None:
-            tracking.stage = None
 
 
 def log(

@@ -153,3 +153,13 @@ def test_a_run_resumes_with_another_report_to(tmp_path):
     assert set(_scalars(tmp_path)) == {"b/x", "stage_seconds/b"}
     with pytest.raises(RunDirError, match="seed"):
         RunDir(tmp_path, load_recipe(None, {"report_to": "tensorboard", "seed": 1}))
+
+
+def test_a_refused_second_run_leaves_the_first_runs_trackers_open(tmp_path):
+    recipe = load_recipe(None, {"report_to": "tensorboard"})
+    with RunDir(tmp_path, recipe) as rd:
+        with pytest.raises(RunDirError, match="in use"):
+            RunDir(tmp_path, recipe)
+        with rd.stage("a"):
+            tracking.log({"x": 1.0}, 1)
+    assert _scalars(tmp_path)["a/x"] == [(1, 1.0)]
