@@ -198,6 +198,19 @@ def _case_compare_out_folder(tmp, model):
     return ["compare", str(tmp / "a"), str(tmp / "b"), "--out", str(tmp)]
 
 
+def _case_export_not_a_run(tmp, model):
+    return ["export-data", str(tmp), str(tmp / "out")]
+
+
+def _case_export_out_exists(tmp, model):
+    (tmp / "run").mkdir()
+    return ["export-data", str(tmp / "run"), str(tmp)]
+
+
+def _case_export_format(tmp, model):
+    return ["export-data", str(tmp), str(tmp / "out"), "--format", "csv"]
+
+
 def _case_teacher_down(tmp, model):
     args = ["demos", "--task", "arithmetic", "--teacher", "api", "--model", "m"]
     args += ["--base-url", "http://127.0.0.1:9/v1", "--limit", "1", "--max-retries", "0"]
@@ -258,6 +271,9 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]]]] = [
     ("data file missing", _case_data_missing),
     ("`compare` folder missing", _case_compare_missing),
     ("`compare --out` is a folder", _case_compare_out_folder),
+    ("`export-data` of a folder that is not a run", _case_export_not_a_run),
+    ("`export-data` into a folder that exists", _case_export_out_exists),
+    ("`export-data --format` unknown", _case_export_format),
     ("API teacher unreachable", _case_teacher_down),
     ("`export` checkpoint missing", _case_export_missing),
     ("`export` into a folder with files", _case_export_out_taken),

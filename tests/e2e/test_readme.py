@@ -574,6 +574,29 @@ def _export(env: Env, argv: list[str], folder: Path) -> None:
         assert str(AutoConfig.from_pretrained(out).dtype) in ("bfloat16", "torch.bfloat16")
 
 
+def _export_data(env: Env, argv: list[str], folder: Path) -> None:
+    """``selftrain export-data`` on make demo's run: every table loads back with ``datasets``
+    (``--format parquet``: with pyarrow, which also reads a table with no rows), one row per
+    pair of the run's pairs.jsonl (none in the tiny demo: no sampled path is right)."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    env.cli(argv, folder)
+    out, parquet = folder / argv[2], "parquet" in argv
+    for name in ("pairs", "sft", "samples"):
+        if parquet:
+            table = pq.read_table(out / f"{name}.parquet")
+            rows, columns = table.num_rows, table.column_names
+        else:
+            table = datasets.load_from_disk(str(out / name))
+            rows, columns = len(table), table.column_names
+        if name == "pairs":
+            pairs = (folder / "runs/demo/pairs.jsonl").read_text().splitlines()
+            assert rows == len(pairs) and {"prompt", "chosen", "rejected"} <= set(columns)
+        else:
+            assert rows > 0, name
+
+
 DEMO = "make demo"
 STAGE_SFT = "selftrain sft --run-dir runs/steps"
 STAGE_SAMPLE = "selftrain sample --run-dir runs/steps"
@@ -616,6 +639,12 @@ CASES: dict[str, Case] = {
     ): (Case("--model tiny --limit 2, after evals/sft", _eval_compare_to, after=EVAL_SFT)),
     "selftrain compare runs/demo/eval/rft runs/demo/eval/sft": Case(
         "as it is, on make demo's run", _compare, after=DEMO
+    ),
+    "selftrain export-data runs/demo data/demo": Case(
+        "as it is, on make demo's run", _export_data, after=DEMO
+    ),
+    "selftrain export-data runs/demo data/demo-parquet --format parquet": Case(
+        "as it is, on make demo's run", _export_data, after=DEMO
     ),
     "selftrain run src/selftrain/recipes/dpo_st_gsm8k.yaml": Case(
         "--set: tiny model, 1 round, 2 questions a set", _run_dpo_st_gsm8k

@@ -267,8 +267,11 @@ class Stages:
         samples = self.rd / "samples.jsonl"
         cot, direct = read_samples(samples, "cot"), read_samples(samples, "direct")
         first_demo = {qid: texts[0] for qid, texts in self.demos().items()}
-        c = self.recipe
-        return srit_pairs_stage(self.rd, cot, direct, first_demo, c.pairs, c.seed)
+        c, by_id = self.recipe, {e.id: e for e in self.train}
+        return srit_pairs_stage(
+            self.rd, cot, direct, first_demo, c.pairs, c.seed,
+            lambda q: self.prompts.messages(by_id[q]),
+        )  # fmt: skip
 
     def rft(self) -> int | None:
         """rft/model (``rft.enabled``): SFT from stage 1 on the student's correct paths; its

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from selftrain import progress
+from selftrain import progress, tracking
 from selftrain.config import OptimizerConfig
 from selftrain.models import Student
 from selftrain.training.checkpoints import StepCheckpoints, fingerprint, resume_plan
@@ -83,8 +83,12 @@ def train_sft(
         plan = batch_plan(len(data), cfg.batch_size, rng, lengths, total)
         for idx in resume_plan(plan, result.steps):
             tokens = sum(len(data[i][1]) for i in idx)
-            loss = trainer.step(idx, loss_of, norm=tokens)["nll"] / tokens
+            sums = trainer.step(idx, loss_of, norm=tokens)
+            loss = sums["nll"] / tokens
             result.steps += 1
+            tracking.log(
+                {"loss": loss, "lr": sums["lr"], "grad_norm": sums["grad_norm"]}, result.steps
+            )
             bar.advance()
             bar.note(f"loss {loss:.3f}")
             at_check = result.steps % eval_every == 0 or result.steps == total
