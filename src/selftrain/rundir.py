@@ -10,6 +10,7 @@ Every start checks those files: a stage whose output is missing, torn or changed
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,7 +52,10 @@ class RunDir:
             self._lock = _lock(self.path)  # held until close() or the process ends
         try:
             self._open(recipe)
-            tracking.start(recipe.report_to, self.path, self.runtime.is_main, lambda: self._current)
+            this = weakref.ref(self)  # the trackers must not keep a dropped RunDir (its lock)
+            tracking.start(
+                recipe.report_to, self.path, self.runtime.is_main, lambda: this()._current
+            )
         except BaseException:
             self.close()
             raise

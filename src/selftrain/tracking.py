@@ -171,8 +171,9 @@ def start(
     ``stage()`` names the stage in progress, the prefix of the tags logged meanwhile."""
     global _active
     names = backends(report_to)  # on every rank, so that every rank stops alike
-    _active = Tracking(names if enabled else [], run_dir, stage)
-    return _active
+    tracking = Tracking(names if enabled else [], run_dir, stage)
+    _active = tracking if tracking.trackers else None  # none: log() does nothing, holds nothing
+    return tracking
 
 
 def stop(run_dir: Path) -> None:
