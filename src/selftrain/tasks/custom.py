@@ -3,7 +3,7 @@
 Where the rows come from (one of):
 
 - ``path``: one JSONL, JSON (an array), CSV (a header row) or parquet file. ``split_sizes``
-  (``{train: 300, test: 100}``) cuts it into splits, in file order; without it the whole file
+  (``{train: 300, test: 100}``) cuts it into splits, in the order written; without it the whole file
   is the ``test`` split (enough for ``selftrain eval``).
 - ``files``: ``{split: path}`` for data already split.
 - ``hub`` (and ``hub_config``): a Hugging Face hub dataset read with ``datasets``, our splits
@@ -226,7 +226,7 @@ class CustomTask(BenchmarkTask):
         settings = {
             "type": self.answer_type,
             "fields": self.fields,
-            "split_sizes": self.split_sizes,
+            "split_sizes": list(self.split_sizes.items()),  # the order cuts the file
             "hub_splits": self.custom_hub_splits,
             "hub_split": self.hub_split,
             "sources": sources,
