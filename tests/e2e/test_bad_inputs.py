@@ -204,6 +204,19 @@ def _case_teacher_down(tmp, model):
     return [*args, "--out", str(tmp / "d.jsonl"), "--cache-dir", str(tmp / "c"), "--no-progress"]
 
 
+def _case_own_data_row(tmp, model):
+    rows = [{"question": f"{n} + 1?", "answer": n + 1} for n in range(2)]
+    rows.append({"question": "2 + 2?", "answer": "four"})
+    (tmp / "mine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sizes = {"train": 1, "validation": 1, "test": 1}
+    task = {"name": "custom", "args": {"path": str(tmp / "mine.jsonl"), "split_sizes": sizes}}
+    return ["run", _recipe_file(tmp, model, task=task, eval={"splits": ["test"]})]
+
+
+def _case_own_data_key(tmp, model):
+    return ["eval", "--model", str(model), "--tasks", "custom", "--task-arg", "quesion_field=q"]
+
+
 # (what is wrong, how to make it); the table's rows, in order
 CASES: list[tuple[str, Callable[[Path, Path], list[str]]]] = [
     ("recipe file not UTF-8", _case_recipe_not_utf8),
@@ -236,6 +249,8 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]]]] = [
     ("`compare` folder missing", _case_compare_missing),
     ("`compare --out` is a folder", _case_compare_out_folder),
     ("API teacher unreachable", _case_teacher_down),
+    ("own data: a malformed row", _case_own_data_row),
+    ("own data: `--task-arg` key unknown", _case_own_data_key),
 ]
 
 
