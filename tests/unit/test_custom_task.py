@@ -50,6 +50,7 @@ def test_jsonl_numbers_with_rationales(tmp_path):
             {"q": "2 + 3?", "a": "5", "why": "2 + 3 = 5.\n#### 5", "n": 7},
             {"q": "Half of 3?", "a": 1.5, "why": "We halve it.", "n": 8},
             {"q": "1,000 + 80?", "a": "1,080", "why": "", "n": 9},
+            {"q": "No rationale?", "a": "0", "n": 10},
         ],
     )
     task = tasks.get(
@@ -62,11 +63,11 @@ def test_jsonl_numbers_with_rationales(tmp_path):
     )
     assert isinstance(task, NumberTask) and task.kind == "number"
     assert task.splits() == ["test"] and task.test_split == "test"
-    a, b, c = task.load()
+    a, b, c, d = task.load()
     assert (a.id, a.question, a.answer, a.rationale) == ("custom/7", "2 + 3?", "5", a.rationale)
     assert a.rationale == "2 + 3 = 5.\n#### 5"  # states the answer: kept as it is
     assert b.answer == "1.5" and b.rationale == "We halve it.\nThe answer is 1.5."
-    assert c.answer == "1080" and c.rationale is None
+    assert c.answer == "1080" and c.rationale is None and d.rationale is None
     assert task.is_correct("so 5.0 in all. The answer is 5.", a)
     assert not task.is_correct("The answer is 6.", a)
     assert "End with 'The answer is N.'" in task.prompt(a)

@@ -12,10 +12,10 @@ Where the rows come from (one of):
 
 Relative paths are read from the current directory. What a row holds: ``question_field``,
 ``answer_field``, the optional ``rationale_field`` (gold rationales: the ``gold`` teacher and
-DPO-ST's warm-up train on them; the final answer line is added when a rationale does not
-state the answer), ``options_field`` (multiple choice: one field holding the list, in CSV a
-JSON array, or a list of fields, one per option) and ``id_field``; dotted names reach into
-nested objects. ``answer_type`` picks the existing family that prompts and judges:
+DPO-ST's warm-up train on them; a row may leave it out or empty; the final answer line is
+added when a rationale does not state the answer), ``options_field`` (multiple choice: one
+field holding the list, in CSV a JSON array, or a list of fields, one per option) and
+``id_field``; dotted names reach into nested objects. ``answer_type`` picks the existing family that prompts and judges:
 ``number`` (:class:`NumberTask`), ``choice`` (:class:`ChoiceTask`; the answer is a letter,
 the option's text or its 0-based index), ``math`` (:class:`MathTask`, math-verify) or
 ``yes_no`` (:class:`StrategyQA`; yes/no/true/false). A malformed row is a DataError naming
@@ -90,6 +90,16 @@ def _csv_records(path: Path) -> Iterator[Row]:
         if len(cells) != len(header):
             raise DataError(f"{path}:{line}: has {len(cells)} cells, the header has {len(header)}")
         yield f"{path}:{line}", dict(zip(header, cells, strict=True))
+
+
+def _has(record: dict[str, Any], name: str) -> bool:
+    """Whether the dotted field ``name`` is there (an optional field may be left out)."""
+    value: Any = record
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return False
+        value = value[part]
+    return True
 
 
 def _parquet(path: Path) -> list[dict[str, Any]]:
@@ -245,7 +255,7 @@ class CustomTask(BenchmarkTask):
         if self.fields["id"]:
             ident = f"{self.name}/{field(record, self.fields['id'], where, (str, int))}"
         rationale = None
-        if self.fields["rationale"]:
+        if self.fields["rationale"] and _has(record, self.fields["rationale"]):
             value = field(record, self.fields["rationale"], where, (str, type(None)))
             rationale = value.strip() if value and value.strip() else None
         example = self.example(record, where, ident, question.strip(), raw)
