@@ -15,7 +15,8 @@ Relative paths are read from the current directory. What a row holds: ``question
 DPO-ST's warm-up train on them; a row may leave it out or empty; the final answer line is
 added when a rationale does not state the answer), ``options_field`` (multiple choice: one
 field holding the list, in CSV a JSON array, or a list of fields, one per option) and
-``id_field``; dotted names reach into nested objects. ``answer_type`` picks the existing family that prompts and judges:
+``id_field``; dotted names reach into nested objects. ``answer_type`` picks the existing
+family that prompts and judges:
 ``number`` (:class:`NumberTask`), ``choice`` (:class:`ChoiceTask`; the answer is a letter,
 the option's text or its 0-based index), ``math`` (:class:`MathTask`, math-verify) or
 ``yes_no`` (:class:`StrategyQA`; yes/no/true/false). A malformed row is a DataError naming
