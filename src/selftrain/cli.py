@@ -59,27 +59,27 @@ def _options(
     DEBUG["on"] = debug or os.environ.get("SELFTRAIN_DEBUG", "") not in ("", "0")
 
 
-def _overrides(pairs: list[str]) -> dict:
+def _overrides(pairs: list[str], flag: str = "--set") -> dict:
     """['sft.lr=1e-4', ...] -> nested dict, values parsed as YAML scalars."""
     out: dict = {}
     for item in pairs:
         if "=" not in item:
-            raise typer.BadParameter(f"--set takes KEY=VALUE, got '{item}'")
+            raise typer.BadParameter(f"{flag} takes KEY=VALUE, got '{item}'")
         key, value = item.split("=", 1)
         names = key.strip().split(".")
         if not all(n.isidentifier() for n in names):
-            raise typer.BadParameter(f"--set takes KEY=VALUE with a dotted key, got '{item}'")
+            raise typer.BadParameter(f"{flag} takes KEY=VALUE with a dotted key, got '{item}'")
         node = out
         *parents, leaf = names
         for p in parents:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise typer.BadParameter(f"--set {key}: '{p}' is set to a value, not a section")
+                raise typer.BadParameter(f"{flag} {key}: '{p}' is set to a value, not a section")
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError as e:
             raise typer.BadParameter(
-                f"--set {key}: not a YAML value ({value!r}): {yaml_problem(e)}"
+                f"{flag} {key}: not a YAML value ({value!r}): {yaml_problem(e)}"
             ) from None
         if isinstance(parsed, str):  # YAML 1.1 reads "1e-4" as a string
             with contextlib.suppress(ValueError):
@@ -112,9 +112,11 @@ def run(
         pipeline.run(r, run_dir or Path("runs") / r.name)
 
 
-def _build_tasks(names: list[str], data_dir: Path | None, style: str, n_shots: int) -> list:
+def _build_tasks(
+    names: list[str], data_dir: Path | None, style: str, n_shots: int, args: dict | None = None
+) -> list:
     """Tasks by registry name (blank names skipped); benchmark tasks get the data dir and
-    prompting style."""
+    prompting style; ``args`` (--task-arg) go to every task, as a recipe's task.args."""
     from selftrain import tasks as registry
     from selftrain.tasks.benchmark import BenchmarkTask
 
@@ -130,7 +132,12 @@ def _build_tasks(names: list[str], data_dir: Path | None, style: str, n_shots: i
         kwargs = {}
         if isinstance(factory, type) and issubclass(factory, BenchmarkTask):
             kwargs = {"data_dir": data_dir, "style": style, "n_shots": n_shots}
-        built.append(registry.get(name, **kwargs))
+        try:
+            built.append(registry.get(name, **kwargs, **(args or {})))
+        except TypeError:  # a task that takes no such argument
+            raise typer.BadParameter(f"task {name} takes no {sorted(args or {})}") from None
+        except ValueError as e:  # an argument the task refuses
+            raise typer.BadParameter(str(e)) from None
     return built
 
 
@@ -157,7 +164,9 @@ _RUN_EVAL_OPTIONS = (
 @app.command("eval")
 def eval_(
     ctx: typer.Context,
-    tasks: Annotated[str, typer.Option(help="comma-separated task names: gsm8k,svamp,mmlu:stem")],
+    tasks: Annotated[
+        str, typer.Option("--tasks", "--task", help="comma-separated names: gsm8k,svamp,custom")
+    ],
     model: Annotated[
         str, typer.Option(help="hub id, local folder, .gguf file, or the embedded default")
     ] = "smollm2-135m-instruct",
@@ -195,11 +204,15 @@ def eval_(
             help="another model's output folder: a paired comparison on the same questions"
         ),
     ] = None,
+    task_arg: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE as in task.args: path=my.jsonl")
+    ] = None,
 ) -> None:
     """Accuracy of a model on benchmark tasks, with 95% intervals, as JSON and Markdown;
     with --compare-to, the paired difference to another model (McNemar, 95% interval)."""
     _start()
-    built = _build_tasks(tasks.split(","), data_dir, style, n_shots)
+    task_args = _overrides(task_arg or [], "--task-arg")
+    built = _build_tasks(tasks.split(","), data_dir, style, n_shots, task_args)
     autocast = _precision(precision)
     with reporting():
         from selftrain.eval.suite import check_out_dir, load_student, markdown_table, run_eval

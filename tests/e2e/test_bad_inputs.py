@@ -240,6 +240,19 @@ def _case_export_hub_id(tmp, model):
     return ["export", str(model), str(tmp / "out"), "--push-to-hub", "me/my model"]
 
 
+def _case_own_data_row(tmp, model):
+    rows = [{"question": f"{n} + 1?", "answer": n + 1} for n in range(2)]
+    rows.append({"question": "2 + 2?", "answer": "four"})
+    (tmp / "mine.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sizes = {"train": 1, "validation": 1, "test": 1}
+    task = {"name": "custom", "args": {"path": str(tmp / "mine.jsonl"), "split_sizes": sizes}}
+    return ["run", _recipe_file(tmp, model, task=task, eval={"splits": ["test"]})]
+
+
+def _case_own_data_key(tmp, model):
+    return ["eval", "--model", str(model), "--tasks", "custom", "--task-arg", "quesion_field=q"]
+
+
 # (what is wrong, how to make it); the table's rows, in order
 CASES: list[tuple[str, Callable[[Path, Path], list[str]]]] = [
     ("recipe file not UTF-8", _case_recipe_not_utf8),
@@ -279,6 +292,8 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]]]] = [
     ("`export` into a folder with files", _case_export_out_taken),
     ("`export --gguf` of a Qwen2 model", _case_export_gguf_qwen2),
     ("`export --push-to-hub` id malformed", _case_export_hub_id),
+    ("own data: a malformed row", _case_own_data_row),
+    ("own data: `--task-arg` key unknown", _case_own_data_key),
 ]
 
 

@@ -597,12 +597,44 @@ def _export_data(env: Env, argv: list[str], folder: Path) -> None:
             assert rows > 0, name
 
 
+# recipes/custom_jsonl.yaml, tiny: 4 demonstrations, 2 sampled questions, 2 questions a split
+TINY_OWN_DATA = {
+    **{k: v for k, v in TINY.items() if not k.startswith("task.")},
+    "sampling.offset": 4,
+    "teacher.n_questions": 4,
+    "sampling.n_questions": 2,
+    "sft_more": "false",
+    "eval.evaluate_base": "false",
+}
+
+
+def _run_own_data(env: Env, argv: list[str], folder: Path) -> None:
+    """The README's own-data recipe from a copy of the checkout's examples/ (its path is read
+    from the current directory), tiny; the gold rationales of the file are the demonstrations."""
+    shutil.copytree(ROOT / "examples", folder / "examples", dirs_exist_ok=True)
+    env.cli([*_in_repo(argv), "--set", f"student.model={env.tiny}", *_sets(TINY_OWN_DATA)], folder)
+    run = folder / argv[argv.index("--run-dir") + 1]
+    demos = [json.loads(x) for x in (run / "demos.jsonl").open()]
+    assert len(demos) == 4 and all(d["teacher"] == "gold" and d["kept"] for d in demos)
+    assert json.loads((run / "metrics.json").read_text())["rft"]["test"]["n"] == 2
+
+
+def _eval_own_data(env: Env, argv: list[str], folder: Path) -> None:
+    """``eval --task-arg`` on the same file and split as the run: --model tiny, --limit 2."""
+    env.cli([*argv, "--model", str(env.tiny), "--limit", "2", *TINY_EVAL], folder)
+    adapter = Path(argv[argv.index("--adapter") + 1])
+    out = folder / "evals" / f"{env.tiny.name}+{adapter.parent.name}-{adapter.name}"
+    result = json.loads((out / "results.json").read_text())["tasks"]["custom"]
+    assert result["n"] == 2 and result["split"] == "test"
+
+
 DEMO = "make demo"
 STAGE_SFT = "selftrain sft --run-dir runs/steps"
 STAGE_SAMPLE = "selftrain sample --run-dir runs/steps"
 STAGE_PAIRS = "selftrain pairs --run-dir runs/steps"
 STAGE_RFT = "selftrain rft --run-dir runs/steps"
 EVAL_SFT = "selftrain eval --adapter runs/demo/sft --tasks gsm8k --out evals/sft"
+OWN_DATA = "selftrain run src/selftrain/recipes/custom_jsonl.yaml --run-dir runs/mine"
 
 CASES: dict[str, Case] = {
     DEMO: Case("the Makefile's command, `selftrain run --run-dir runs/demo`, tiny", _make_demo),
@@ -718,6 +750,11 @@ CASES: dict[str, Case] = {
     "selftrain run --set teacher.kind=api --set teacher.model=gpt-4o-mini --run-dir runs/gpt": (
         Case("--set: tiny, teacher.base_url the fake server", _run_api_teacher)
     ),
+    OWN_DATA: Case("--set: tiny model, 4 demonstrations, 2 questions a split", _run_own_data),
+    (
+        "selftrain eval --tasks custom --task-arg path=examples/arithmetic.jsonl --calculator "
+        '--task-arg "split_sizes={train: 300, validation: 50, test: 50}" --adapter runs/mine/rft'
+    ): (Case("--model tiny --limit 2, on the own-data run", _eval_own_data, after=OWN_DATA)),
 }
 
 

@@ -186,7 +186,8 @@ def answer_settings(
 ) -> dict[str, Any]:
     """Everything that changes ``student``'s answers to ``task`` under ``mode`` (generate or
     loglik): the model, the checkpoint on it (a hash of its weight files), precision, system
-    prompt, split and, when generating, prompting style and decoding. Log-likelihood scoring
+    prompt, split, the data (tasks with a ``data_key``: an edited file is not served stale
+    answers) and, when generating, prompting style and decoding. Log-likelihood scoring
     reads the bare question, so its key has no style, shots or decoding budget."""
     cfg = student.cfg
     model = Path(cfg.model).expanduser()
@@ -207,6 +208,8 @@ def answer_settings(
         "n_shots": getattr(task, "n_shots", None) if style == "fewshot" else None,
         "max_new_tokens": (max_new_tokens or task.max_new_tokens()) if generate else None,
         "calculator": calculator if generate else None,
+        # a task read from the user's files (custom): a hash of the data and how it is read
+        "data": task.data_key() if callable(getattr(task, "data_key", None)) else None,
     }
 
 

@@ -61,5 +61,13 @@ def names() -> list[str]:
 register("arithmetic")(ArithmeticTask)
 
 # Importing these modules registers the real benchmarks (each module calls ``register``).
-for _module in ("math_word", "competition_math", "choice", "llm_adapters", "yesno", "mmlu"):
+for _module in (
+    "math_word",
+    "competition_math",
+    "choice",
+    "llm_adapters",
+    "yesno",
+    "mmlu",
+    "custom",
+):
     importlib.import_module(f"selftrain.tasks.{_module}")
