@@ -366,6 +366,9 @@ def version() -> None:
     typer.echo(__version__)
 
 
+from selftrain import cli_report  # noqa: E402, F401 - registers `selftrain report`
+
+
 def main() -> None:
     app()
 
