@@ -93,11 +93,14 @@ def training_table(metrics: dict) -> str:
 
 def sft_table(history: list[dict]) -> str:
     """Stage 1's validation checks: step, training loss, validation accuracy and loss."""
+
+    def num(x: float | None) -> str:
+        return "-" if x is None else f"{x:.4f}"
+
     rows = [
-        [str(h["step"]), str(h.get("train_loss", "-")), _pct(h["accuracy"]),
-         str(h.get("loss", "-"))]
+        [str(h["step"]), num(h.get("train_loss")), _pct(h["accuracy"]), num(h.get("loss"))]
         for h in history
-    ]  # fmt: skip
+    ]
     return _table(["step", "train loss", "validation accuracy (%)", "validation loss"], rows)
 
 
