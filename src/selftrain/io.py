@@ -49,13 +49,17 @@ def _naming(e: OSError, path: Path) -> OSError:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` (UTF-8) so a reader never sees a half-written file."""
-    write_bytes_atomic(path, text.encode("utf-8"))
+    """Write ``text`` to ``path`` so a reader never sees a half-written file. The file gets
+    the mode an ordinary ``open`` would give it; an OSError names ``path``."""
+    _write_atomic(path, text)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a reader never sees a half-written file. The file gets
-    the mode an ordinary ``open`` would give it; an OSError names ``path``."""
+    """:func:`write_text_atomic` for bytes (a PNG)."""
+    _write_atomic(path, data)
+
+
+def _write_atomic(path: str | Path, data: str | bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_dir():
@@ -63,7 +67,8 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        binary = isinstance(data, bytes)
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as f:
             os.fchmod(f.fileno(), _file_mode())  # mkstemp makes it 0600
             _write_point(f, data)
             f.write(data)
