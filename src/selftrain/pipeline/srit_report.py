@@ -49,11 +49,9 @@ def accuracy_table(metrics: dict, splits: list[str]) -> str:
     for m in models(metrics, splits):
         cells = [m]
         for s in splits:
-            r = metrics[m].get(s)
-            lo, hi = r["ci95"] if r else (0, 0)
-            cells.append(
-                f"{_pct(r['accuracy'])} [{_pct(lo)}, {_pct(hi)}] (n={r['n']})" if r else "-"
-            )
+            v = _interval(metrics[m].get(s))
+            n = metrics[m][s].get("n", "-") if v else "-"
+            cells.append(f"{v[0]:.1f} [{v[1]:.1f}, {v[2]:.1f}] (n={n})" if v else "-")
         rows.append(cells)
     return _table(["model", *splits], rows)
 
@@ -87,6 +85,10 @@ def training_table(metrics: dict) -> str:
             continue
         data = f"{t['pairs']} pairs" if "pairs" in t else f"{t.get('examples', '-')} examples"
         note = f"best step {t['best_step']}" if "best_step" in t else ""
+        if model == "dpo" and isinstance(metrics.get("pairs"), dict):
+            p = metrics["pairs"]
+            note = (f"{p.get('questions', '-')} questions; chosen from the teacher: "
+                    f"{p.get('chosen_from_teacher', '-')}")  # fmt: skip
         rows.append([model, data, str(t.get("steps", "-")), note])
     return _table(["stage", "data", "steps", "note"], rows) if rows else ""
 
