@@ -130,3 +130,16 @@ def test_a_folder_that_is_not_a_run_directory_is_one_clear_error(tmp_path, make)
         rebuild(run)
     out = CliRunner().invoke(app, ["report", str(run)])
     assert out.exit_code == 2 and want in out.output
+
+
+def test_a_run_stopped_early_gets_the_sections_it_has(tmp_path):
+    """A run killed after evaluating the base model: its accuracy and no other section."""
+    run = _run_dir(tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({"base": metrics["base"]}))
+    for rel in ("sft/history.json", "dpo/history.json", "samples.jsonl"):
+        (run / rel).unlink()
+    assert [p.name for p in rebuild(run)] == ["report.md", "accuracy.png"]
+    text = (run / "report.md").read_text()
+    assert "| base | 30.0 [19.1, 43.8] (n=50) |" in text
+    assert "## SFT validation" not in text and "## DPO" not in text and "## Sampling" not in text
