@@ -6,6 +6,7 @@ stage's outputs."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -132,14 +133,19 @@ def test_a_folder_that_is_not_a_run_directory_is_one_clear_error(tmp_path, make)
     assert out.exit_code == 2 and want in out.output
 
 
-def test_a_run_stopped_early_gets_the_sections_it_has(tmp_path):
-    """A run killed after evaluating the base model: its accuracy and no other section."""
+@pytest.mark.parametrize("stopped_after", ["eval_base", "demos"])
+def test_a_run_stopped_early_gets_the_sections_it_has(tmp_path, stopped_after):
+    """A run killed after evaluating the base model (or before): the accuracy it has, no
+    other section, and no warning from matplotlib (an empty legend)."""
     run = _run_dir(tmp_path)
     metrics = json.loads((run / "metrics.json").read_text())
-    (run / "metrics.json").write_text(json.dumps({"base": metrics["base"]}))
+    kept = {"base": metrics["base"]} if stopped_after == "eval_base" else {"demos": {}}
+    (run / "metrics.json").write_text(json.dumps(kept))
     for rel in ("sft/history.json", "dpo/history.json", "samples.jsonl"):
         (run / rel).unlink()
-    assert [p.name for p in rebuild(run)] == ["report.md", "accuracy.png"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [p.name for p in rebuild(run)] == ["report.md", "accuracy.png"]
     text = (run / "report.md").read_text()
-    assert "| base | 30.0 [19.1, 43.8] (n=50) |" in text
+    assert ("| base | 30.0 [19.1, 43.8] (n=50) |" in text) == (stopped_after == "eval_base")
     assert "## SFT validation" not in text and "## DPO" not in text and "## Sampling" not in text

@@ -58,7 +58,7 @@ def lines(
     if integer_x:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    if len(series) > 1:
+    if sum(bool(points) for points in series.values()) > 1:
         ax.legend(fontsize="small")
 
 
@@ -73,6 +73,7 @@ def interval_bars(
     """Grouped bars: one group per name in ``groups``, one bar per series (None: no bar), each
     with its interval as an error bar; ``top``: the y axis's upper end."""
     width = 0.8 / max(1, len(series))
+    drawn = 0
     for i, (name, values) in enumerate(series.items()):
         xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
         shown = [(x, v) for x, v in zip(xs, values, strict=True) if v is not None]
@@ -82,6 +83,7 @@ def interval_bars(
         below = [max(0.0, y - lo) for y, lo, _ in v]
         above = [max(0.0, hi - y) for y, _, hi in v]
         ax.bar(x, [y for y, _, _ in v], width, label=name)
+        drawn += 1
         ax.errorbar(x, [y for y, _, _ in v], yerr=[below, above], fmt="none", ecolor="black",
                     capsize=3, linewidth=1)  # fmt: skip
     ax.set_xticks(range(len(groups)), groups)
@@ -90,4 +92,5 @@ def interval_bars(
     ax.grid(axis="y", alpha=0.3)
     if top is not None:
         ax.set_ylim(0, top)
-    ax.legend(fontsize="small")
+    if drawn:
+        ax.legend(fontsize="small")
