@@ -366,7 +366,9 @@ def version() -> None:
     typer.echo(__version__)
 
 
-from selftrain import cli_report  # noqa: E402, F401 - registers `selftrain report`
+# registers sft, sample, pairs, rft, dpo (cli_stages), export (cli_export), export-data,
+# report (cli_report)
+from selftrain import cli_export, cli_export_data, cli_report, cli_stages  # noqa: E402, F401
 
 
 def main() -> None:

@@ -9,8 +9,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-# files of the run directory that belong to no stage
+# files of the run directory that belong to no stage, and folders (vLLM's scratch, the
+# experiment trackers' files)
 _BOOKKEEPING = {"recipe.yaml", "state.json", "metrics.json", "log.txt"}
+_NOT_OUTPUTS = {"vllm", "tracking"}
 
 
 def is_report(rel: str) -> bool:
@@ -21,12 +23,12 @@ def is_report(rel: str) -> bool:
 
 def snapshot(root: Path) -> dict[str, list[int]]:
     """Every stage-written file under ``root``: its [bytes, mtime in ns] (hidden files, the
-    bookkeeping files, the report and vLLM's scratch folder left out)."""
+    bookkeeping files, the report, vLLM's scratch folder and the trackers' files left out)."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel_dir = Path(dirpath).relative_to(root)
-        if rel_dir.parts[:1] == ("vllm",):
+        if rel_dir.parts[:1] and rel_dir.parts[0] in _NOT_OUTPUTS:
             continue
         for f in sorted(filenames):
             rel = (rel_dir / f).as_posix()

@@ -18,6 +18,7 @@ from typing import IO, Any
 import yaml
 from pydantic import ValidationError
 
+from selftrain import tracking
 from selftrain.config import DPOSTRecipe, Recipe, SRITRecipe, parse_recipe
 from selftrain.errors import yaml_problem
 from selftrain.io import read_json, write_json_atomic, write_text_atomic
@@ -50,6 +51,7 @@ class RunDir:
             self._lock = _lock(self.path)  # held until close() or the process ends
         try:
             self._open(recipe)
+            tracking.start(recipe.report_to, self.path, self.runtime.is_main, lambda: self._current)
         except BaseException:
             self.close()
             raise
@@ -61,8 +63,9 @@ class RunDir:
         self.close()
 
     def close(self) -> None:
-        """Let another process run in this directory."""
-        if self._lock is not None:
+        """Close the trackers; let another process run in this directory."""
+        if self._lock is not None:  # rank 0's, which holds the lock: a refused one has none
+            tracking.stop(self.path)
             self._lock.close()  # closing the file releases its lock
             self._lock = None
 
@@ -75,8 +78,8 @@ class RunDir:
         if saved.exists():  # every rank checks, so every rank stops on a mismatch
             old = _with_defaults(_read_saved(saved))
             # a key the saved recipe lacks reads as its default (or null): run dirs made before
-            # a key or section (such as dpo_st) was added to the schema still resume
-            diff = sorted(_diff_keys(old, resolved))
+            # a key or section (dpo_st) was in the schema still resume; report_to may differ
+            diff = sorted(_diff_keys(old, resolved) - {"report_to"})
             if diff:
                 raise RunDirError(
                     f"{self.path} holds a run of a different recipe (keys that differ: "
@@ -186,6 +189,7 @@ class RunDir:
             self._current = None
             secs = self.state["seconds"]
             secs[name] = round(secs.get(name, 0.0) + time.monotonic() - start, 1)
+            tracking.log({name: secs[name]}, 0, prefix="stage_seconds")
             peak = _peak_rss_mb()
             if peak is not None:  # the process's peak so far: the stage that raised it shows
                 self.state.setdefault("peak_rss_mb", {})[name] = peak

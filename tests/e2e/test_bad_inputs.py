@@ -198,10 +198,46 @@ def _case_compare_out_folder(tmp, model):
     return ["compare", str(tmp / "a"), str(tmp / "b"), "--out", str(tmp)]
 
 
+def _case_export_not_a_run(tmp, model):
+    return ["export-data", str(tmp), str(tmp / "out")]
+
+
+def _case_export_out_exists(tmp, model):
+    (tmp / "run").mkdir()
+    return ["export-data", str(tmp / "run"), str(tmp)]
+
+
+def _case_export_format(tmp, model):
+    return ["export-data", str(tmp), str(tmp / "out"), "--format", "csv"]
+
+
 def _case_teacher_down(tmp, model):
     args = ["demos", "--task", "arithmetic", "--teacher", "api", "--model", "m"]
     args += ["--base-url", "http://127.0.0.1:9/v1", "--limit", "1", "--max-retries", "0"]
     return [*args, "--out", str(tmp / "d.jsonl"), "--cache-dir", str(tmp / "c"), "--no-progress"]
+
+
+def _case_export_missing(tmp, model):
+    return ["export", str(tmp / "runs" / "x" / "sft"), str(tmp / "out")]
+
+
+def _case_export_out_taken(tmp, model):
+    (tmp / "out").mkdir()
+    (tmp / "out" / "notes.txt").write_text("mine")
+    return ["export", str(model), str(tmp / "out")]
+
+
+def _case_export_gguf_qwen2(tmp, model):
+    from selftrain.models import load_tokenizer, tiny_model
+
+    tokenizer = load_tokenizer(str(model))
+    tiny_model("qwen2", len(tokenizer)).save_pretrained(tmp / "qwen2")
+    tokenizer.save_pretrained(tmp / "qwen2")
+    return ["export", str(tmp / "qwen2"), str(tmp / "out"), "--gguf", "f16"]
+
+
+def _case_export_hub_id(tmp, model):
+    return ["export", str(model), str(tmp / "out"), "--push-to-hub", "me/my model"]
 
 
 # (what is wrong, how to make it); the table's rows, in order
@@ -235,7 +271,14 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]]]] = [
     ("data file missing", _case_data_missing),
     ("`compare` folder missing", _case_compare_missing),
     ("`compare --out` is a folder", _case_compare_out_folder),
+    ("`export-data` of a folder that is not a run", _case_export_not_a_run),
+    ("`export-data` into a folder that exists", _case_export_out_exists),
+    ("`export-data --format` unknown", _case_export_format),
     ("API teacher unreachable", _case_teacher_down),
+    ("`export` checkpoint missing", _case_export_missing),
+    ("`export` into a folder with files", _case_export_out_taken),
+    ("`export --gguf` of a Qwen2 model", _case_export_gguf_qwen2),
+    ("`export --push-to-hub` id malformed", _case_export_hub_id),
 ]
 
 

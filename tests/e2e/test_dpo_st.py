@@ -89,7 +89,7 @@ def test_two_rounds_of_both_arms_end_to_end(tiny_dir, tmp_path, monkeypatch, ans
     pairs = read_jsonl(run / "dpo_st" / "r2" / "pairs.jsonl")
     r1_texts = {x["text"] for x in read_jsonl(run / "dpo_st" / "r1" / "dpo_samples.jsonl")}
     r2_texts = {x["text"] for x in read_jsonl(run / "dpo_st" / "r2" / "dpo_samples.jsonl")}
-    assert {p["rejected"] for p in pairs} <= r1_texts | r2_texts
+    assert {p["rejected"][0]["content"] for p in pairs} <= r1_texts | r2_texts
     assert max(sum(p["id"] == q for p in pairs) for q in {p["id"] for p in pairs}) <= 3
     # the SFT data hold the gold rationale of every training question plus pseudo-labels
     sft_data = read_jsonl(run / "dpo_st" / "r2" / "sft_data.jsonl")

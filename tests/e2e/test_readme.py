@@ -539,7 +539,79 @@ def _report(env: Env, argv: list[str], folder: Path) -> None:
     assert "report.md" in result.output and "## Paired comparisons" in before["report.md"].decode()
 
 
+def _stage(env: Env, argv: list[str], folder: Path) -> None:
+    """A per-stage command on the default recipe made tiny, in the run directory the commands
+    before it left: it writes its stage's files and marks that stage done."""
+    from selftrain.pipeline.srit import STAGES
+
+    env.cli([*argv, "--set", f"student.model={env.tiny}", *_sets(TINY)], folder)
+    run_dir, stage = folder / argv[argv.index("--run-dir") + 1], STAGES[argv[0]]
+    assert (run_dir / stage.file).exists(), stage.file
+    assert json.loads((run_dir / "state.json").read_text())["done"][-1] == stage.stage
+
+
+def _run_after_stages(env: Env, argv: list[str], folder: Path) -> None:
+    """``selftrain run`` after the stage commands: it finishes the run, redoing none of them."""
+    state = folder / "runs/steps/state.json"
+    before = json.loads(state.read_text())["stages"]
+    _run_tiny(env, argv, folder)
+    after = json.loads(state.read_text())["stages"]
+    assert all(after[name] == record for name, record in before.items())
+
+
+def _export(env: Env, argv: list[str], folder: Path) -> None:
+    """``selftrain export`` of make demo's run: the folder loads with transformers and its
+    card has the run's accuracy; ``--gguf`` writes the file; ``--push-to-hub`` against a hub
+    that cannot be reached (a closed port) is one line, the export kept."""
+    from huggingface_hub import constants
+    from transformers import AutoConfig
+
+    out = folder / argv[2]
+    if "--push-to-hub" in argv:
+        endpoint, constants.ENDPOINT = constants.ENDPOINT, "http://127.0.0.1:9"
+        try:
+            result = env.cli(argv, folder, code=2)
+        finally:
+            constants.ENDPOINT = endpoint
+        assert "error: --push-to-hub me/demo-rft: " in result.output
+    else:
+        env.cli(argv, folder)
+    assert AutoConfig.from_pretrained(out).model_type == "llama"
+    assert "| **" in (out / "README.md").read_text()  # this model's accuracy row
+    if "--gguf" in argv:
+        assert (out / f"{out.name}-f16.gguf").stat().st_size > 0
+    if "--max-shard-size" in argv:
+        assert str(AutoConfig.from_pretrained(out).dtype) in ("bfloat16", "torch.bfloat16")
+
+
+def _export_data(env: Env, argv: list[str], folder: Path) -> None:
+    """``selftrain export-data`` on make demo's run: every table loads back with ``datasets``
+    (``--format parquet``: with pyarrow, which also reads a table with no rows), one row per
+    pair of the run's pairs.jsonl (none in the tiny demo: no sampled path is right)."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    env.cli(argv, folder)
+    out, parquet = folder / argv[2], "parquet" in argv
+    for name in ("pairs", "sft", "samples"):
+        if parquet:
+            table = pq.read_table(out / f"{name}.parquet")
+            rows, columns = table.num_rows, table.column_names
+        else:
+            table = datasets.load_from_disk(str(out / name))
+            rows, columns = len(table), table.column_names
+        if name == "pairs":
+            pairs = (folder / "runs/demo/pairs.jsonl").read_text().splitlines()
+            assert rows == len(pairs) and {"prompt", "chosen", "rejected"} <= set(columns)
+        else:
+            assert rows > 0, name
+
+
 DEMO = "make demo"
+STAGE_SFT = "selftrain sft --run-dir runs/steps"
+STAGE_SAMPLE = "selftrain sample --run-dir runs/steps"
+STAGE_PAIRS = "selftrain pairs --run-dir runs/steps"
+STAGE_RFT = "selftrain rft --run-dir runs/steps"
 EVAL_SFT = "selftrain eval --adapter runs/demo/sft --tasks gsm8k --out evals/sft"
 
 CASES: dict[str, Case] = {
@@ -578,6 +650,12 @@ CASES: dict[str, Case] = {
     "selftrain report runs/demo": Case("as it is, on make demo's run", _report, after=DEMO),
     "selftrain compare runs/demo/eval/rft runs/demo/eval/sft": Case(
         "as it is, on make demo's run", _compare, after=DEMO
+    ),
+    "selftrain export-data runs/demo data/demo": Case(
+        "as it is, on make demo's run", _export_data, after=DEMO
+    ),
+    "selftrain export-data runs/demo data/demo-parquet --format parquet": Case(
+        "as it is, on make demo's run", _export_data, after=DEMO
     ),
     "selftrain run src/selftrain/recipes/dpo_st_gsm8k.yaml": Case(
         "--set: tiny model, 1 round, 2 questions a set", _run_dpo_st_gsm8k
@@ -629,6 +707,25 @@ CASES: dict[str, Case] = {
         "the tiny model, --limit 2", _demos_hf
     ),
     "selftrain demos --teacher gold --task gsm8k": Case("as it is", _demos_gold),
+    STAGE_SFT: Case("--set: the default recipe tiny", _stage),
+    STAGE_SAMPLE: Case("--set: tiny, after sft", _stage, after=STAGE_SFT),
+    STAGE_PAIRS: Case("--set: tiny, after sample", _stage, after=STAGE_SAMPLE),
+    STAGE_RFT: Case("--set: tiny, after pairs", _stage, after=STAGE_PAIRS),
+    "selftrain run --run-dir runs/steps": Case(
+        "--set: tiny, after the stage commands", _run_after_stages, after=STAGE_RFT
+    ),
+    "selftrain export runs/demo/rft exported/demo-rft": Case(
+        "as it is, on make demo's run", _export, after=DEMO
+    ),
+    "selftrain export runs/demo/sft exported/demo-sft --dtype bfloat16 --max-shard-size 500MB": (
+        Case("as it is, on make demo's run", _export, after=DEMO)
+    ),
+    "selftrain export runs/demo/rft exported/demo-gguf --gguf f16": Case(
+        "as it is, on make demo's run", _export, after=DEMO
+    ),
+    "selftrain export runs/demo/rft exported/demo-hub --push-to-hub me/demo-rft --private": Case(
+        "a hub that cannot be reached: one line", _export, after=DEMO
+    ),
     "selftrain run --set teacher.kind=api --set teacher.model=gpt-4o-mini --run-dir runs/gpt": (
         Case("--set: tiny, teacher.base_url the fake server", _run_api_teacher)
     ),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter, model_validator
+from pydantic import Field, TypeAdapter, field_validator, model_validator
 
 from selftrain.config import sections as s
 
@@ -111,6 +111,19 @@ class _Common(s.Strict):
     student: s.StudentConfig = s.StudentConfig()
     task: s.TaskConfig = s.TaskConfig()
     eval: s.EvalConfig = s.EvalConfig()
+    # experiment trackers (transformers' names): tensorboard, wandb, trackio, all (those
+    # installed), none; one name or a list. Files under <run_dir>/tracking (selftrain.tracking)
+    report_to: list[Literal["tensorboard", "wandb", "trackio", "all"]] = Field(default_factory=list)
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_list(cls, v: Any) -> Any:
+        v = [v] if isinstance(v, str) else [] if v is None else v
+        if isinstance(v, list) and "none" in v:
+            if len(v) > 1:
+                raise ValueError("'none' cannot be combined with trackers")
+            return []
+        return v
 
 
 class SRITRecipe(_Common):

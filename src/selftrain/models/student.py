@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from selftrain.chat import prompt_messages
 from selftrain.config import StudentConfig
 from selftrain.models.checkpoints import checkpoint_folder, sort_target_modules, weight_files
 from selftrain.models.loading import ModelLoadError, load_model_and_tokenizer, resolve_autocast
@@ -134,10 +135,7 @@ class Student:
     def chat_text(self, user: str, system: str | None) -> str:
         """The prompt for ``user`` under the system prompt ``system`` (None: none): the chat
         template's, else a plain Question/Answer format."""
-        messages = []
-        if system:
-            messages.append({"role": "system", "content": system})
-        messages.append({"role": "user", "content": user})
+        messages = prompt_messages(user, system)
         if getattr(self.tokenizer, "chat_template", None):
             return self.tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=True

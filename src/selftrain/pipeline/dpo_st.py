@@ -173,6 +173,7 @@ def _round(run: _Run, arm: str, r: int, sft_model: Path) -> Path:
         pairs = dpo_st_pairs_stage(
             rd, f"{prefix}.pairs", (*mkey, "pairs"), folder / "pairs.jsonl",
             _rounds(rd, arm, r, "dpo_samples.jsonl"), run.gold, cfg, run.tokens, seed + r,
+            lambda q: run.prompts.messages(by_id[q]),
         )  # fmt: skip
         dpo_model = folder / "dpo" / "model"
         steps = dpo_stage(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from selftrain import tasks
+from selftrain.chat import Message, prompt_messages
 from selftrain.config import DPOSTRecipe, SRITRecipe
 from selftrain.io import read_jsonl, write_jsonl_atomic
 from selftrain.models import Student
@@ -35,6 +36,11 @@ class Prompts:
         if e.id not in self._ids:
             self._ids[e.id] = self.student.prompt_ids(self.task.prompt(e))
         return self._ids[e.id]
+
+    def messages(self, e: Example) -> list[Message]:
+        """The same prompt as chat messages (TRL's conversational ``prompt``): the student's
+        system prompt, then the question."""
+        return prompt_messages(self.task.prompt(e), self.student.cfg.system_prompt)
 
 
 def read_examples(path: Path) -> list[Example]:

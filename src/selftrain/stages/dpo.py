@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from selftrain.chat import completion_text
 from selftrain.config import DPOConfig
 from selftrain.models import Student
 from selftrain.progress import log
@@ -77,8 +78,10 @@ def tokenize_pairs(
     return [
         (
             prompts(questions[p["id"]]),
-            student.completion_ids(p["chosen"]),
-            student.completion_ids(p["rejected"], eos=not p.get("rejected_truncated", False)),
+            student.completion_ids(completion_text(p["chosen"])),
+            student.completion_ids(
+                completion_text(p["rejected"]), eos=not p.get("rejected_truncated", False)
+            ),
         )
         for p in pairs
     ]

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from selftrain import tracking
 from selftrain.config import EvalConfig
 from selftrain.eval.generative import correct_by_id, evaluate
 from selftrain.io import read_jsonl
@@ -64,6 +65,7 @@ class Evaluator:
                 )
                 if rd.runtime.is_main:
                     log.info("%s %s: %s", name, s.label, result[s.label])
+                tracking.log(tracking.interval(result[s.label]), prefix=f"eval/{name}/{s.label}")
             rd.put(key, result)
         return result
 

@@ -14,9 +14,12 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from selftrain.chat import Message, assistant
 from selftrain.config import DPOSTConfig, PairsConfig
 from selftrain.io import read_jsonl, write_jsonl_atomic
 from selftrain.rundir import RunDir
+
+Prompt = Callable[[str], list[Message]]  # a question id's prompt messages
 
 
 def srit_pairs_stage(
@@ -26,9 +29,12 @@ def srit_pairs_stage(
     demos: Mapping[str, str],
     cfg: PairsConfig,
     seed: int,
+    prompt: Prompt,
 ) -> list[dict]:
-    """SRIT's pairs (``pairs.jsonl``, metrics ``pairs``) by ``cfg.policy``; with
-    ``cfg.truncate_rejected`` each rejected path is cut after its first wrong line."""
+    """SRIT's pairs (``pairs.jsonl``, metrics ``pairs``) by ``cfg.policy``, as TRL's
+    conversational preference records (:func:`trl_record`; ``prompt`` gives a question id's
+    messages); with ``cfg.truncate_rejected`` each rejected path is cut after its first wrong
+    line."""
     path = rd / "pairs.jsonl"
     if not rd.done("pairs"):
         with rd.stage("pairs"):
@@ -47,7 +53,7 @@ def srit_pairs_stage(
                     pairs = cot_vs_direct(
                         cot, direct, max_pairs=cfg.max_pairs_per_question, seed=seed
                     )
-                write_jsonl_atomic(path, pairs)
+                write_jsonl_atomic(path, (trl_record(x, prompt(x["id"])) for x in pairs))
                 rd.set_metric(
                     "pairs",
                     {
@@ -64,10 +70,11 @@ def srit_pairs_stage(
 
 def dpo_st_pairs_stage(
     rd: RunDir, stage: str, key: tuple[str, ...], path: Path, samples: Sequence[Path],
-    gold: Mapping[str, str], cfg: DPOSTConfig, tokens: Tokens, seed: int,
+    gold: Mapping[str, str], cfg: DPOSTConfig, tokens: Tokens, seed: int, prompt: Prompt,
 ) -> list[dict]:  # fmt: skip
     """DPO-ST's pairs from the judged samples of this round and every earlier one (the files
-    ``samples``), written to ``path`` (metrics at ``key``)."""
+    ``samples``), written to ``path`` as TRL's preference records (:func:`trl_record`;
+    ``prompt`` gives a question id's messages), metrics at ``key``."""
     if not rd.done(stage):
         with rd.stage(stage):
             if rd.runtime.is_main:
@@ -76,7 +83,7 @@ def dpo_st_pairs_stage(
                 pairs = dpo_st_pairs(
                     paths, gold, m=m, threshold=threshold, tokens=tokens, seed=seed
                 )
-                write_jsonl_atomic(path, pairs)
+                write_jsonl_atomic(path, (trl_record(p, prompt(p["id"])) for p in pairs))
                 questions = len({p["id"] for p in pairs})
                 stats = {
                     "pairs": len(pairs),
@@ -86,6 +93,24 @@ def dpo_st_pairs_stage(
                 }
                 rd.put(key, stats)
     return read_jsonl(path)
+
+
+def trl_record(pair: dict, prompt: list[Message]) -> dict:
+    """A pair as TRL's conversational preference record: ``prompt`` (the messages the student
+    saw), ``chosen`` and ``rejected`` (one assistant message each), then the pair's own fields.
+    ``rejected_truncated`` is always there: a path cut short is scored without EOS here, but
+    TRL's chat template ends every assistant turn, so a consumer must know."""
+    return {
+        "id": pair["id"],
+        "prompt": prompt,
+        "chosen": assistant(pair["chosen"]),
+        "rejected": assistant(pair["rejected"]),
+        "rejected_truncated": pair.get("rejected_truncated", False),
+        **{k: v for k, v in pair.items() if k not in _TRL_KEYS},
+    }
+
+
+_TRL_KEYS = {"id", "chosen", "rejected", "rejected_truncated"}
 
 
 def read_pools(files: Sequence[Path]) -> dict[str, list[dict]]:

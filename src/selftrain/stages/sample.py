@@ -5,12 +5,14 @@ resumed or multi-process stage samples what one uninterrupted process would have
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from selftrain import tracking
 from selftrain.config import SamplingConfig
 from selftrain.io import read_jsonl, write_jsonl_atomic
 from selftrain.models import Student
@@ -64,17 +66,22 @@ class Sampler:
             done = [r for r in rows if count[r.get("style"), r["id"]] == want[r.get("style")]]
             if len(done) < len(rows) and rd.runtime.is_main:  # killed mid-batch: redo those
                 write_jsonl_atomic(path, done)
+            tokens, start = 0, time.monotonic()
             for style in styles:
                 have = {r["id"] for r in done if r.get("style") == style.name}
                 todo = [e for e in questions if e.id not in have]
                 if todo:
-                    self._sample(todo, style, path, label)
+                    tokens += self._sample(todo, style, path, label)
             first = styles[0]
             rows = [r for r in read_jsonl(path) if r.get("style") == first.name]
-            rd.put(key, sample_stats(rows, first.params.k))
+            stats = sample_stats(rows, first.params.k)
+            rd.put(key, stats)
+            speed = {"tokens_per_s": tokens / (time.monotonic() - start)} if tokens else {}
+            tracking.log({**{k: stats[k] for k in _TRACKED}, **speed}, 0)
 
-    def _sample(self, todo: list[Example], style: Style, path: Path, label: str) -> None:
-        """Sample and judge ``todo``'s paths of one style, appending them to ``path``."""
+    def _sample(self, todo: list[Example], style: Style, path: Path, label: str) -> int:
+        """Sample and judge ``todo``'s paths of one style, appending them to ``path``;
+        returns the tokens sampled."""
         runtime, by_id = self.rd.runtime, {e.id: e for e in todo}
         tag = {} if style.name is None else {"style": style.name}
 
@@ -95,8 +102,11 @@ class Sampler:
         mine = (judged(b) for b in generate(self.student, items, style.params, self.engine))
         total = len(todo) * style.params.k
         name = f"{label} {style.name or 'sample'} k={style.params.k}"
-        for _ in runtime.collect(mine, path, name, total):
-            pass
+        return sum(r["tokens"] for b in runtime.collect(mine, path, name, total) for r in b)
+
+
+# sample_stats' scalars sent to the experiment trackers
+_TRACKED = ("pass@k", "path_accuracy", "all_correct", "none_correct", "mean_tokens")
 
 
 def sampling_params(cfg: SamplingConfig, *, k: int, seed: int, calculator: bool) -> SamplingParams:

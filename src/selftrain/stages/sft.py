@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from selftrain import tracking
 from selftrain.config import OptimizerConfig, SRITRecipe
 from selftrain.eval.generative import evaluate
 from selftrain.models import Student
@@ -117,6 +118,7 @@ def validator(
         out = {"accuracy": acc["accuracy"]}
         if val_data:
             out["loss"] = round(validation_loss(student, val_data), 4)
+        tracking.log({f"validation/{k}": v for k, v in {**tracking.interval(acc), **out}.items()})
         return out
 
     return validate

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from selftrain import progress
+from selftrain import progress, tracking
 from selftrain.config import DPOConfig
 from selftrain.models import Student
 from selftrain.training.loop import batch_plan, can_pack_pairs, pair_logps, scorer_of
@@ -128,6 +128,10 @@ def train_dpo(
             result.steps += 1
             entry = _entry(result.steps, sums, len(idx), cfg.beta)
             result.history.append(entry)
+            scalars = {k: v for k, v in entry.items() if k != "step"}
+            tracking.log(
+                {**scalars, "lr": sums["lr"], "grad_norm": sums["grad_norm"]}, entry["step"]
+            )
             bar.advance()
             bar.note(f"loss {entry['loss']:.3f} acc {entry['reward_accuracy']:.2f}")
     trainer.finish()

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from selftrain import progress
+from selftrain import progress, tracking
 from selftrain.config import OptimizerConfig
 from selftrain.models import Student
 from selftrain.training.loop import batch_plan, collate, scorer_of, token_logps
@@ -67,8 +67,12 @@ def train_sft(
     with progress.bar(label, total, enabled=student.runtime.is_main) as bar:
         for idx in batch_plan(len(data), cfg.batch_size, rng, lengths, total):
             tokens = sum(len(data[i][1]) for i in idx)
-            loss = trainer.step(idx, loss_of, norm=tokens)["nll"] / tokens
+            sums = trainer.step(idx, loss_of, norm=tokens)
+            loss = sums["nll"] / tokens
             result.steps += 1
+            tracking.log(
+                {"loss": loss, "lr": sums["lr"], "grad_norm": sums["grad_norm"]}, result.steps
+            )
             bar.advance()
             bar.note(f"loss {loss:.3f}")
             at_check = result.steps % eval_every == 0 or result.steps == total

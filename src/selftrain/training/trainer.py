@@ -55,7 +55,8 @@ class Trainer:
 
     def step(self, batch: list[int], loss_of: LossFn, norm: float) -> dict[str, float]:
         """One optimizer step on the effective batch ``batch``; returns the sums over all of
-        its items (every process's) of ``loss_of``'s statistics, and ``grad_norm``."""
+        its items (every process's) of ``loss_of``'s statistics, ``grad_norm`` and the step's
+        learning rate ``lr``."""
         world = self.runtime.world
         share = self.runtime.shard(batch)
         per_process = math.ceil(len(batch) / world)
@@ -72,17 +73,19 @@ class Trainer:
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().double() * weight
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
         names = sorted(sums)
         if not names:
-            return {"grad_norm": float(_full(grad_norm))}
+            return {"grad_norm": float(_full(grad_norm)), "lr": lr}
         device = self.runtime.device
         totals = torch.stack([torch.as_tensor(sums[k], device=device) for k in names])
         totals = self.runtime.all_reduce_sum(totals.double()).tolist()
         out = dict(zip(names, totals, strict=True))
         out["grad_norm"] = float(_full(grad_norm))
+        out["lr"] = lr
         return out
 
     def _sync(self, last: bool):
