@@ -379,8 +379,9 @@ def version() -> None:
     typer.echo(__version__)
 
 
-# registers sft, sample, pairs, rft, dpo (cli_stages), export (cli_export), export-data
-from selftrain import cli_export, cli_export_data, cli_stages  # noqa: E402, F401
+# registers sft, sample, pairs, rft, dpo (cli_stages), export (cli_export), export-data,
+# report (cli_report)
+from selftrain import cli_export, cli_export_data, cli_report, cli_stages  # noqa: E402, F401
 
 
 def main() -> None:

@@ -18,13 +18,13 @@ _CRASH_AT = os.environ.get("SELFTRAIN_CRASH_AT", "")
 _writes = 0
 
 
-def _write_point(f: IO[str], text: str) -> None:
+def _write_point(f: IO[Any], data: str | bytes) -> None:
     global _writes
     _writes += 1
     if _CRASH_AT.isdigit() and _writes == int(_CRASH_AT):
         import signal
 
-        f.write(text[: len(text) // 2])
+        f.write(data[: len(data) // 2])
         f.flush()
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -51,6 +51,15 @@ def _naming(e: OSError, path: Path) -> OSError:
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` so a reader never sees a half-written file. The file gets
     the mode an ordinary ``open`` would give it; an OSError names ``path``."""
+    _write_atomic(path, text)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """:func:`write_text_atomic` for bytes (a PNG)."""
+    _write_atomic(path, data)
+
+
+def _write_atomic(path: str | Path, data: str | bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_dir():
@@ -58,10 +67,11 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        binary = isinstance(data, bytes)
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as f:
             os.fchmod(f.fileno(), _file_mode())  # mkstemp makes it 0600
-            _write_point(f, text)
-            f.write(text)
+            _write_point(f, data)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

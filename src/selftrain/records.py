@@ -15,9 +15,15 @@ _BOOKKEEPING = {"recipe.yaml", "state.json", "metrics.json", "log.txt"}
 _NOT_OUTPUTS = {"vllm", "tracking"}
 
 
+def is_report(rel: str) -> bool:
+    """Whether ``rel`` is part of the run's report (report.md and its plots, *.png at the top),
+    which a run's end and `selftrain report` rebuild from the other files: no stage's output."""
+    return rel == "report.md" or ("/" not in rel and rel.endswith(".png"))
+
+
 def snapshot(root: Path) -> dict[str, list[int]]:
     """Every stage-written file under ``root``: its [bytes, mtime in ns] (hidden files, the
-    bookkeeping files, vLLM's scratch folder and the trackers' files left out)."""
+    bookkeeping files, the report, vLLM's scratch folder and the trackers' files left out)."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -26,7 +32,7 @@ def snapshot(root: Path) -> dict[str, list[int]]:
             continue
         for f in sorted(filenames):
             rel = (rel_dir / f).as_posix()
-            if f.startswith(".") or rel in _BOOKKEEPING:
+            if f.startswith(".") or rel in _BOOKKEEPING or is_report(rel):
                 continue
             st = os.stat(Path(dirpath) / f)
             out[rel] = [st.st_size, st.st_mtime_ns]

@@ -10,6 +10,7 @@ import pytest
 from selftrain.config import DPOSTRecipe, parse_recipe
 from selftrain.io import read_jsonl
 from selftrain.pipeline import dpo_st
+from selftrain.pipeline.report import rebuild
 from selftrain.stages import dpo as stage_dpo
 from selftrain.stages import sample as stage_sample
 from selftrain.stages import sft as stage_sft
@@ -108,6 +109,8 @@ def test_two_rounds_of_both_arms_end_to_end(tiny_dir, tmp_path, monkeypatch, ans
     png = run / "accuracy_by_round.png"
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((run / "metrics.json").read_text()) == metrics
+    written = {p.name: p.read_bytes() for p in (run / "report.md", png)}
+    assert {p.name: p.read_bytes() for p in rebuild(run)} == written  # `selftrain report`
 
 
 def test_resume_mid_round_continues_at_that_stage(tiny_dir, tmp_path, monkeypatch, answers):

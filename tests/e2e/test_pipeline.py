@@ -7,6 +7,7 @@ import pytest
 from selftrain.config import load_recipe
 from selftrain.io import read_jsonl
 from selftrain.pipeline import srit
+from selftrain.pipeline.report import rebuild
 from selftrain.rundir import RunDirError
 from selftrain.stages import dpo as stage_dpo
 from selftrain.stages import sample as stage_sample
@@ -69,6 +70,13 @@ def test_end_to_end_writes_every_artefact_and_metrics(tiny_dir, tmp_path):
     samples = read_jsonl(run / "samples.jsonl")
     assert len(samples) == 6 * 2
     assert {"sft", "dpo", "samples"} <= set(metrics["stage_seconds"])
+    # the report and its plots; `selftrain report` rebuilds the same bytes
+    report = (run / "report.md").read_text()
+    assert f"| dpo | {100 * metrics['dpo']['in_domain']['accuracy']:.1f} [" in report
+    written = {p.name: p.read_bytes() for p in [run / "report.md", *run.glob("*.png")]}
+    assert set(written) == {"report.md", "accuracy.png", "sft_validation.png",
+                            "dpo_training.png", "pass_at_k.png"}  # fmt: skip
+    assert {p.name: p.read_bytes() for p in rebuild(run)} == written
 
 
 def test_resume_continues_where_it_stopped(tiny_dir, tmp_path, monkeypatch):

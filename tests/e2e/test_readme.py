@@ -529,6 +529,16 @@ def _accelerate_7b(env: Env, argv: list[str], folder: Path) -> None:
     assert argv[-2:] == ["--run-dir", "runs/dpo-st-7b"]
 
 
+def _report(env: Env, argv: list[str], folder: Path) -> None:
+    """``selftrain report`` on make demo's run: the same bytes as the run's end wrote."""
+    run = folder / argv[1]
+    names = ["report.md", "accuracy.png", "sft_validation.png", "pass_at_k.png"]
+    before = {n: (run / n).read_bytes() for n in names}
+    result = env.cli(argv, folder)
+    assert {n: (run / n).read_bytes() for n in names} == before
+    assert "report.md" in result.output and "## Paired comparisons" in before["report.md"].decode()
+
+
 def _stage(env: Env, argv: list[str], folder: Path) -> None:
     """A per-stage command on the default recipe made tiny, in the run directory the commands
     before it left: it writes its stage's files and marks that stage done."""
@@ -669,6 +679,7 @@ CASES: dict[str, Case] = {
         "selftrain eval --adapter runs/demo/rft --tasks gsm8k --out evals/rft --compare-to "
         "evals/sft"
     ): (Case("--model tiny --limit 2, after evals/sft", _eval_compare_to, after=EVAL_SFT)),
+    "selftrain report runs/demo": Case("as it is, on make demo's run", _report, after=DEMO),
     "selftrain compare runs/demo/eval/rft runs/demo/eval/sft": Case(
         "as it is, on make demo's run", _compare, after=DEMO
     ),

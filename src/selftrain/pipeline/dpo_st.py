@@ -25,7 +25,8 @@ import torch
 from selftrain import tasks
 from selftrain.config import DPOSTConfig, DPOSTRecipe
 from selftrain.models import Student
-from selftrain.pipeline.dpo_st_report import write_report
+from selftrain.pipeline.dpo_st_report import arms, print_tables
+from selftrain.pipeline.report import rebuild
 from selftrain.progress import log, setup_logging
 from selftrain.rundir import RunDir
 from selftrain.runtime import Runtime
@@ -59,13 +60,6 @@ class _Run:
     tokens: TokenSets  # the paper's similarity tokens: the student tokenizer's
     evaluate: Evaluator
     sample: Sampler
-
-
-def arms(recipe: DPOSTRecipe) -> list[str]:
-    """The arms a recipe runs: its method first, then its baselines."""
-    out = [recipe.method]
-    out += [b for b in recipe.dpo_st.baselines if b not in out]
-    return out
 
 
 def run(recipe: DPOSTRecipe, run_dir: str | Path) -> dict:
@@ -130,7 +124,8 @@ def _run(
     finally:
         run.engine.close()
     if runtime.is_main:
-        write_report(rd, recipe, arms(recipe), [s.label for s in evals])
+        rebuild(rd.path)  # report.md and its plot, from the run directory's files
+        print_tables(rd, recipe)
     return rd.metrics
 
 

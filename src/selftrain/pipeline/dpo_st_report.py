@@ -1,5 +1,5 @@
 """DPO-ST's results by round: the Markdown tables, the report and the accuracy plot, all read
-from metrics.json's content (so they can be rebuilt from any run directory)."""
+from metrics.json's content and the recipe (so `selftrain report` rebuilds them)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 from selftrain.config import DPOSTRecipe
 from selftrain.io import write_text_atomic
+from selftrain.pipeline.plots import lines, panels
 from selftrain.progress import console
 from selftrain.rundir import RunDir
 
@@ -146,40 +147,42 @@ def plot_accuracy(
     metrics: dict, arms: Sequence[str], labels: Sequence[str], path: str | Path
 ) -> None:
     """accuracy_by_round.png: one panel per evaluation set, one line per arm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    n = max(1, len(labels))
-    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.2), squeeze=False)
-    for ax, label in zip(axes[0], labels, strict=False):
-        for arm in arms:
-            pts = curve(metrics, arm, label)
-            if pts:
-                xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, [100 * y for y in ys], marker="o", label=ARM_NAMES.get(arm, arm))
-        ax.set_title(label)
-        ax.set_xlabel("round")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with panels(path, len(labels)) as axes:
+        for ax, label in zip(axes, labels, strict=False):
+            series = {
+                ARM_NAMES.get(arm, arm): [(r, 100 * y) for r, y in curve(metrics, arm, label)]
+                for arm in arms
+            }
+            lines(ax, series, label, "round", "accuracy (%)", integer_x=True)
 
 
-def write_report(
-    rd: RunDir, recipe: DPOSTRecipe, arms: Sequence[str], labels: Sequence[str]
-) -> None:
-    """report.md, accuracy_by_round.png and the tables on the console (rank 0)."""
-    write_text_atomic(rd / "report.md", report_markdown(rd.metrics, recipe, arms, labels))
-    plot_accuracy(rd.metrics, arms, labels, rd / "accuracy_by_round.png")
+def arms(recipe: DPOSTRecipe) -> list[str]:
+    """The arms a recipe runs: its method first, then its baselines."""
+    out = [recipe.method]
+    out += [b for b in recipe.dpo_st.baselines if b not in out]
+    return out
+
+
+def labels(recipe: DPOSTRecipe) -> list[str]:
+    """The evaluation sets' labels: the task's splits, then the other tasks'."""
+    return [*recipe.eval.splits, *(t.label or t.name for t in recipe.dpo_st.eval_tasks)]
+
+
+def write_files(run_dir: Path, recipe: DPOSTRecipe, metrics: dict) -> list[Path]:
+    """report.md and accuracy_by_round.png in ``run_dir``; returns their paths."""
+    report, plot = run_dir / "report.md", run_dir / "accuracy_by_round.png"
+    write_text_atomic(report, report_markdown(metrics, recipe, arms(recipe), labels(recipe)))
+    plot_accuracy(metrics, arms(recipe), labels(recipe), plot)
+    return [report, plot]
+
+
+def print_tables(rd: RunDir, recipe: DPOSTRecipe) -> None:
+    """The tables of report.md on the console (rank 0)."""
     console.print("accuracy (%, greedy) by round; round 0 is the shared warm-up")
-    console.print(round_table(rd.metrics, arms, labels), markup=False, soft_wrap=True)
-    calc = calculator_table(rd.metrics, labels)
+    console.print(
+        round_table(rd.metrics, arms(recipe), labels(recipe)), markup=False, soft_wrap=True
+    )
+    calc = calculator_table(rd.metrics, labels(recipe))
     if calc:
         console.print("the calculator's effect (accuracy %, with / without)")
         console.print(calc, markup=False, soft_wrap=True)

@@ -6,7 +6,8 @@
 Stage 1 tunes the student on verified teacher demonstrations; stage 2 has it answer training
 questions itself and rewards its paths by the ground truth; RFT (``rft.enabled``) trains the
 stage-1 model on its correct paths, and DPO runs on (correct, wrong) pairs against the model
-it starts from. Every stage is resumable from the run directory (selftrain/stages/).
+it starts from. Every stage is resumable from the run directory (selftrain/stages/). The run
+ends with report.md and its plots (selftrain/pipeline/srit_report.py).
 
 Each training-data stage is also a command of its own (``selftrain sft``, ``sample``,
 ``pairs``, ``rft``, ``dpo``: cli_stages.py), which runs the same :class:`Stages` method on the
@@ -25,6 +26,7 @@ from selftrain.config import SRITRecipe as Recipe
 from selftrain.eval.generative import accuracy_table
 from selftrain.io import read_json
 from selftrain.models import Student
+from selftrain.pipeline.report import rebuild
 from selftrain.progress import console, log, setup_logging
 from selftrain.rundir import RunDir
 from selftrain.runtime import Runtime
@@ -118,7 +120,8 @@ def _run(
             cells = "; ".join(f"{s} {describe(c)}" for s, c in by_split.items())
             console.print(f"{name}: {cells}")
         console.print(f"stage seconds: {rd.state['seconds']}")
-        console.print(f"metrics: {rd / 'metrics.json'}")
+        rebuild(rd.path)  # report.md and its plots, from the run directory's files
+        console.print(f"metrics: {rd / 'metrics.json'}; report: {rd / 'report.md'}")
     return rd.metrics
 
 
