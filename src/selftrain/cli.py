@@ -1,4 +1,6 @@
-"""Command line: `selftrain run`, `eval`, `compare`, `tasks`, `demos` and `version`."""
+"""Command line: `selftrain run`, `eval`, `compare`, `tasks`, `demos` and `version` here; the
+per-stage commands (`sft`, `sample`, `pairs`, `rft`, `dpo`), `export`, `export-data` and `report`
+in cli_*.py modules of their own, registered at the end of this file."""
 
 from __future__ import annotations
 
