@@ -83,7 +83,8 @@ def test_two_processes_train_as_one_with_the_same_effective_batch(
 ):
     """Batches of 8 (SFT) and 6 (DPO pairs), 2 processes x micro-batches of 2: accumulation
     over 2 passes per process on 1 process's whole batch. Gradients of a step, losses, reward
-    statistics, gradient norms (clipping is on) and the weights after 3 steps agree to 1e-5."""
+    statistics, gradient norms (clipping is on) and the weights after 3 steps agree to 1e-5
+    (DPO's weights to 1% of its lr: below)."""
     out = tmp_path / "out.pt"
     _launch(kind, str(WORKER), "train", str(out), str(tiny_dir))
     two = torch.load(out, weights_only=False)
@@ -91,8 +92,13 @@ def test_two_processes_train_as_one_with_the_same_effective_batch(
     _close(one_process["grads"], two["grads"], "grads")
     _close(one_process["step"], two["step"], "step")
     assert one_process["step"]["grad_norm"] > 0.5  # the clip at 0.5 is active
-    for name in ("sft_history", "sft_weights", "dpo_history", "dpo_weights"):
+    for name in ("sft_history", "sft_weights", "dpo_history"):
         _close(one_process[name], two[name], name)
+    # Adam's step m/sqrt(v) is about lr wherever a gradient is near 0, whatever its size, so
+    # a 1e-8 difference in summation order there can move a weight by a fraction of lr: the
+    # weights agree to 1% of one step's lr (DPO's 5e-3; 1.07e-5 measured on an AMD EPYC,
+    # below 1e-5 on earlier CI machines), while the gradients and losses above agree to 1e-5
+    _close(one_process["dpo_weights"], two["dpo_weights"], "dpo_weights", atol=5e-5)
     losses = [h["loss"] for h in two["dpo_history"]]
     assert len(set(losses)) == 3  # the steps really train
 
