@@ -149,3 +149,19 @@ def test_a_run_stopped_early_gets_the_sections_it_has(tmp_path, stopped_after):
     text = (run / "report.md").read_text()
     assert ("| base | 30.0 [19.1, 43.8] (n=50) |" in text) == (stopped_after == "eval_base")
     assert "## SFT validation" not in text and "## DPO" not in text and "## Sampling" not in text
+
+
+def test_dpo_table_shows_each_step_once():
+    """One step: one row (not the same step twice and a mean of it); more: the first, the last
+    and the mean of the last ten."""
+    from selftrain.pipeline.srit_report import dpo_table
+
+    def step(s: int) -> dict:
+        return {"step": s, "loss": 0.5, "reward_accuracy": 1.0, "margin": 0.1 * s,
+                "chosen_logp_change": 0.0, "rejected_logp_change": -s}  # fmt: skip
+
+    one = dpo_table([step(1)])
+    assert one.count("| step 1 |") == 1 and "mean" not in one
+    many = dpo_table([step(s) for s in range(1, 13)])
+    assert "| step 1 |" in many and "| step 12 |" in many
+    assert "| mean of the last 10 | 0.5 | 1 | 0.75 |" in many

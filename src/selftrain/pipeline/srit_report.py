@@ -110,14 +110,14 @@ DPO_KEYS = ("loss", "reward_accuracy", "margin", "chosen_logp_change", "rejected
 
 
 def dpo_table(history: list[dict]) -> str:
-    """The first and the last DPO step, and the mean of the last ten."""
-    last = history[-10:]
-    mean = [f"{sum(h[k] for h in last) / len(last):.4g}" for k in DPO_KEYS]
-    rows = [
-        [f"step {history[0]['step']}", *(f"{history[0][k]:.4g}" for k in DPO_KEYS)],
-        [f"step {history[-1]['step']}", *(f"{history[-1][k]:.4g}" for k in DPO_KEYS)],
-        [f"mean of the last {len(last)}", *mean],
-    ]
+    """The first and the last DPO step, and the mean of the last ten (one row per step when
+    there are no more than two)."""
+    ends = history if len(history) <= 2 else [history[0], history[-1]]
+    rows = [[f"step {h['step']}", *(f"{h[k]:.4g}" for k in DPO_KEYS)] for h in ends]
+    if len(history) > 2:
+        last = history[-10:]
+        mean = [f"{sum(h[k] for h in last) / len(last):.4g}" for k in DPO_KEYS]
+        rows.append([f"mean of the last {len(last)}", *mean])
     return _table(["", *DPO_KEYS], rows)
 
 
