@@ -92,6 +92,10 @@ def _case_set_unknown(tmp, model):
     return ["run", "--set", "sampling.kk=4"]
 
 
+def _case_report_to_unknown(tmp, model):
+    return ["run", "--set", "report_to=tensorbord"]
+
+
 def _case_k_huge(tmp, model):
     return ["run", "--set", "sampling.k=1e9"]
 
@@ -294,6 +298,7 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]]]] = [
     ("`export --push-to-hub` id malformed", _case_export_hub_id),
     ("own data: a malformed row", _case_own_data_row),
     ("own data: `--task-arg` key unknown", _case_own_data_key),
+    ("recipe `report_to` names no tracker", _case_report_to_unknown),
 ]
 
 

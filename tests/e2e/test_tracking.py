@@ -8,7 +8,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from selftrain import tracking
-from selftrain.config import load_recipe
+from selftrain.config import default_recipe_path, load_recipe
 from selftrain.pipeline import srit
 from selftrain.rundir import RunDir, RunDirError
 
@@ -131,6 +131,34 @@ def test_a_missing_tracker_package_names_the_pip_command(monkeypatch):
     assert tracking.backends(["all"]) == [
         b for b in ("tensorboard", "trackio") if real(b) is not None
     ]
+
+
+def test_a_missing_tracker_package_stops_a_run_before_the_model_loads(
+    tiny_dir, tmp_path, monkeypatch
+):
+    """Both pipelines check report_to's packages before loading the student: nothing is loaded
+    and no run directory is made."""
+    from selftrain.models import Student
+    from selftrain.pipeline import dpo_st
+
+    real = tracking.importlib.util.find_spec
+    monkeypatch.setattr(
+        tracking.importlib.util, "find_spec", lambda n: None if n == "wandb" else real(n)
+    )
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the student loaded before the tracker check")
+
+    monkeypatch.setattr(Student, "load", no_load)
+    with pytest.raises(tracking.TrackerError, match="pip install wandb"):
+        srit.run(_recipe(tiny_dir, "wandb"), tmp_path / "srit")
+    dpo_recipe = load_recipe(
+        default_recipe_path().with_name("dpo_st.yaml"),
+        {"report_to": "wandb", "student": {"model": str(tiny_dir)}},
+    )
+    with pytest.raises(tracking.TrackerError, match="pip install wandb"):
+        dpo_st.run(dpo_recipe, tmp_path / "dpo_st")
+    assert not (tmp_path / "srit").exists() and not (tmp_path / "dpo_st").exists()
 
 
 def test_report_to_takes_transformers_forms():

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from selftrain import tasks
+from selftrain import tasks, tracking
 from selftrain.config import DPOSTConfig, DPOSTRecipe
 from selftrain.models import Student
 from selftrain.pipeline.dpo_st_report import arms, print_tables
@@ -75,6 +75,7 @@ def run(recipe: DPOSTRecipe, run_dir: str | Path) -> dict:
     # any of them leaves nothing behind, and fixing it is not "a different recipe"
     task = tasks.get(recipe.task.name, **recipe.task.args)
     loaded = dpo_st_splits(task, recipe)
+    tracking.backends(recipe.report_to)  # a missing tracker package: before the model loads
     student = Student.load(recipe.student, runtime)  # after the seed: LoRA's initial weights
     # locked: one run at a time; log.txt gets the log from here on
     with RunDir(run_dir, recipe, runtime) as rd:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from selftrain import tasks
+from selftrain import tasks, tracking
 from selftrain.config import SRITRecipe as Recipe
 from selftrain.eval.generative import accuracy_table
 from selftrain.io import read_json
@@ -88,6 +88,7 @@ def _load(recipe: Recipe) -> tuple[Runtime, Task, dict[str, list[Example]], Stud
     torch.manual_seed(recipe.seed)
     task = tasks.get(recipe.task.name, **recipe.task.args)
     loaded = srit_splits(task, recipe)
+    tracking.backends(recipe.report_to)  # a missing tracker package: before the model loads
     return runtime, task, loaded, Student.load(recipe.student, runtime)
 
 
