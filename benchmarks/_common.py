@@ -46,12 +46,27 @@ def add_training_args(parser: argparse.ArgumentParser, lr: float) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=lr)
     parser.add_argument("--modes", default=None, help="default lora,full (quick: lora)")
-    parser.add_argument("--dtype", default="bf16", choices=["bf16", "float32"])
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bf16", "float32"],
+        help="auto: what the recipe's autocast_bf16: auto picks here (its probe; bf16 on a GPU)",
+    )
     parser.add_argument("--trl-checkpointing", action="store_true")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+
+
+def resolve_dtype(args) -> str:
+    """``args.dtype`` with ``auto`` replaced by the precision selftrain's probe picks on this
+    machine (``student.autocast_bf16: auto``), which every number is then printed beside."""
+    if args.dtype == "auto":
+        from selftrain.models.loading import resolve_autocast
+
+        args.dtype = "bf16" if resolve_autocast("auto", torch.device(args.device)) else "float32"
+    return args.dtype
 
 
 def setup_threads(threads: int | None) -> int:

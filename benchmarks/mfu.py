@@ -34,13 +34,15 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--steps", type=int, default=None, help="default 8 (quick: 2)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--dtype", default="bf16", choices=["bf16", "float32"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "float32"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     steps = args.steps or (2 if args.quick else 8)
     args.lr, args.ref_batch_size, args.trl_checkpointing = 5e-5, 16, False
     C.setup_threads(args.threads)
-    print(f"machine: {C.machine()}")
+    C.resolve_dtype(args)
+    print(f"machine: {C.machine()}; precision: {args.dtype} (--dtype auto: the probe's choice)")
     rates = {}
     for dtype in (torch.float32, torch.bfloat16):
         for n in (1024, 2048):

@@ -82,8 +82,9 @@ class RunDir:
         if saved.exists():  # every rank checks, so every rank stops on a mismatch
             old = _with_defaults(_read_saved(saved))
             # a key the saved recipe lacks reads as its default (or null): run dirs made before
-            # a key or section (dpo_st) was in the schema still resume; report_to may differ
-            diff = sorted(_diff_keys(old, resolved) - {"report_to"})
+            # a key or section (dpo_st) was in the schema still resume; report_to and the
+            # speed-only keys may differ
+            diff = sorted(_diff_keys(old, resolved) - MAY_CHANGE)
             if diff:
                 raise RunDirError(
                     f"{self.path} holds a run of a different recipe (keys that differ: "
@@ -353,6 +354,17 @@ def _peak_rss_mb() -> float | None:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+# recipe keys a resumed run may change: they change how fast it runs or where it reports,
+# not what it computes
+MAY_CHANGE = {
+    "report_to",
+    "student.frozen_cache",
+    "student.frozen_cache_mb",
+    "student.shared_prefix",
+    "student.fused_lora",
+}
 
 
 def _with_defaults(saved: Any) -> Any:

@@ -17,7 +17,9 @@ def tiny_student(tiny_dir: str, runtime, lora: bool):
     from selftrain.config import LoraConfig, StudentConfig
     from selftrain.models import Student
 
-    cfg = StudentConfig(model=tiny_dir, lora=LoraConfig(enabled=lora, r=4))
+    # LoRA on the top layer only: the bottom one is frozen, so DPO runs on cached states
+    # (training/frozen.py) under DDP and FSDP2 too
+    cfg = StudentConfig(model=tiny_dir, lora=LoraConfig(enabled=lora, r=4, top_layers=1))
     torch.manual_seed(0)  # LoRA's initial adapters
     return Student.load(cfg, runtime)
 

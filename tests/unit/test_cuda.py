@@ -90,3 +90,43 @@ def test_qlora_trains_adapters_on_a_four_bit_base(cuda_student):
     assert res.steps == 3
     with s.inference() as run:
         assert run.model is s.model  # a 4-bit base is decoded through its adapters
+
+
+def test_the_frozen_layer_cache_on_the_gpu(tiny_dir):
+    """LoRA on the top layer of two (bf16 base): the bottom layer's states are kept in GPU
+    memory and the scorer's log-probs on them equal the full forward's (to bf16 rounding)."""
+    from selftrain.config import LoraConfig, StudentConfig
+    from selftrain.models import Student
+    from selftrain.runtime import Runtime
+    from selftrain.training.loop import (
+        collate,
+        frozen_rows,
+        scorer_of,
+        sequence_states,
+        token_logps,
+    )
+
+    cfg = StudentConfig(model=str(tiny_dir), lora=LoraConfig(enabled=True, r=8, top_layers=1))
+    s = Student.load(cfg, Runtime.start("cuda"))
+    data = [(s.prompt_ids(f"question {i}"), s.completion_ids(f"answer {i} " * i)) for i in range(6)]
+    states = sequence_states(s, data)
+    assert states is not None and states.store.device.type == "cuda"
+    items = [4, 1, 5]
+    ids, mask, labels = collate([data[i] for i in items], s.pad_id, s.device)
+    with torch.no_grad():
+        full, _ = token_logps(scorer_of(s), ids, mask, labels)
+        cached, _ = token_logps(scorer_of(s), ids, mask, labels, frozen_rows(states, items))
+    torch.testing.assert_close(cached, full, rtol=2e-2, atol=2e-2)
+
+
+def test_the_shared_prompt_start_on_the_gpu_decodes_the_same(cuda_student):
+    from selftrain.sampling import SamplingParams, generate
+
+    s = cuda_student(lora=False, dtype="float32")
+    items = [(i, s.prompt_ids(q)) for i, q in enumerate(["What is 2+3?", "Tom has 5 apples."])]
+    out = {}
+    for shared in (False, True):
+        s.cfg = s.cfg.model_copy(update={"shared_prefix": shared})
+        params = SamplingParams(max_new_tokens=12)
+        out[shared] = {k: t[0] for b in generate(s, items, params) for k, t, _ in b}
+    assert out[True] == out[False]

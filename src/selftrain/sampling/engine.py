@@ -76,6 +76,7 @@ class BuiltinEngine:
                 hook,
                 stop,
                 run.context,
+                shared_prefix=student.cfg.shared_prefix,
             )
             for j, seqs in stream:
                 key = keys[j]

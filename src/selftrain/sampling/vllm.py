@@ -77,7 +77,8 @@ class VLLMEngine:
             "tensor_parallel_size": self.cfg.tensor_parallel_size,
             "gpu_memory_utilization": self.cfg.gpu_memory_utilization,
             "enforce_eager": self.cfg.enforce_eager,
-            "enable_prefix_caching": True,
+            # the prompts' shared start (chat template, system prompt) computed once
+            "enable_prefix_caching": student.cfg.shared_prefix,
             "enable_sleep_mode": True,
         }
         if self.cfg.max_model_len:

@@ -15,7 +15,7 @@ from selftrain.stages.data import Prompts
 from selftrain.stages.sft import steps_of
 from selftrain.tasks.base import Example
 from selftrain.training.checkpoints import remove_checkpoints
-from selftrain.training.dpo import Pair, reference_logps, train_dpo
+from selftrain.training.dpo import Pair, train_dpo
 
 
 def dpo_stage(
@@ -48,9 +48,9 @@ def dpo_stage(
             return None
         student.load_weights(start)
         tokens = tokenize_pairs(student, pairs, questions, prompts)
-        ref = reference_logps(student, tokens)
         saves = out.parent / "checkpoints"
-        res = train_dpo(student, tokens, cfg, seed=seed, ref=ref, label=label, checkpoints=saves)
+        # the reference log-probs: computed by train_dpo with the frozen-layer cache
+        res = train_dpo(student, tokens, cfg, seed=seed, label=label, checkpoints=saves)
         student.save(out)
         remove_checkpoints(student, saves)
         rd.write_json(out.parent.relative_to(rd.path) / "history.json", res.history)

@@ -20,6 +20,7 @@ from selftrain.sampling import Engine
 from selftrain.stages.data import Prompts
 from selftrain.tasks.base import Example, Task
 from selftrain.training.checkpoints import remove_checkpoints
+from selftrain.training.loop import sequence_states
 from selftrain.training.sft import train_sft, validation_loss
 
 # where a stage's training starts: saved weights, a snapshot of the trainable weights (DPO-ST's
@@ -107,6 +108,8 @@ def validator(
         if e.rationale
     ]
 
+    frozen: list = []  # the validation sequences' frozen-layer states, made at the first check
+
     def validate() -> dict:
         acc = evaluate(
             student,
@@ -120,7 +123,9 @@ def validator(
         )
         out = {"accuracy": acc["accuracy"]}
         if val_data:
-            out["loss"] = round(validation_loss(student, val_data), 4)
+            if not frozen:
+                frozen.append(sequence_states(student, val_data))
+            out["loss"] = round(validation_loss(student, val_data, frozen=frozen[0]), 4)
         tracking.log({f"validation/{k}": v for k, v in {**tracking.interval(acc), **out}.items()})
         return out
 

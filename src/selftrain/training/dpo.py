@@ -21,7 +21,15 @@ from selftrain import progress, tracking
 from selftrain.config import DPOConfig
 from selftrain.models import Student
 from selftrain.training.checkpoints import StepCheckpoints, fingerprint, resume_plan
-from selftrain.training.loop import batch_plan, can_pack_pairs, pair_logps, scorer_of
+from selftrain.training.frozen import FrozenStates
+from selftrain.training.loop import (
+    batch_plan,
+    can_pack_pairs,
+    frozen_rows,
+    pair_logps,
+    pair_states,
+    scorer_of,
+)
 from selftrain.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -59,10 +67,16 @@ def preference_loss(
 
 
 @torch.no_grad()
-def reference_logps(student: Student, pairs: Sequence[Pair], batch_size: int = 16) -> torch.Tensor:
+def reference_logps(
+    student: Student,
+    pairs: Sequence[Pair],
+    batch_size: int = 16,
+    frozen: FrozenStates | None = None,
+) -> torch.Tensor:
     """[n_pairs, 2] summed log-probs of (chosen, rejected) under the current weights. Pairs
     go in batches of similar length; with several processes each computes every
-    ``world``-th batch and all of them get every result."""
+    ``world``-th batch and all of them get every result. ``frozen``: the packed pairs'
+    cached states below the trainable layers (:func:`~selftrain.training.loop.pair_states`)."""
     student.model.eval()
     runtime = student.runtime
     scorer, pack = scorer_of(student), can_pack_pairs(student.model)
@@ -70,7 +84,8 @@ def reference_logps(student: Student, pairs: Sequence[Pair], batch_size: int = 1
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     mine: dict[int, torch.Tensor] = {}
     for chunk in runtime.shard(chunks):
-        logp, _ = pair_logps(scorer, [pairs[j] for j in chunk], student.pad_id, pack)
+        chunk_pairs = [pairs[j] for j in chunk]
+        logp, _ = pair_logps(scorer, chunk_pairs, student.pad_id, pack, frozen_rows(frozen, chunk))
         both = torch.stack([logp[: len(chunk)], logp[len(chunk) :]], dim=1).float().cpu()
         mine.update(zip(chunk, both, strict=True))
     ref = torch.zeros((len(pairs), 2))
@@ -97,8 +112,10 @@ def train_dpo(
     and training resumes from the newest (:mod:`.checkpoints`)."""
     if not pairs:
         raise ValueError(f"{label}: no preference pairs")
+    # the frozen bottom layers' states, once for the reference pass and every step
+    frozen = pair_states(student, pairs, spill=checkpoints)
     if ref is None:
-        ref = reference_logps(student, pairs)
+        ref = reference_logps(student, pairs, frozen=frozen)
     rng = random.Random(seed)
     lengths = [len(p) + max(len(c), len(r)) for p, c, r in pairs]
     per_epoch = math.ceil(len(pairs) / cfg.batch_size)
@@ -112,7 +129,8 @@ def train_dpo(
 
     def loss_of(module, items: list[int]):
         chunk = [pairs[i] for i in items]
-        logp, count = pair_logps(module, chunk, student.pad_id, pack)  # chosen then rejected
+        rows = frozen_rows(frozen, items)
+        logp, count = pair_logps(module, chunk, student.pad_id, pack, rows)  # chosen, rejected
         n = len(chunk)
         pi_c, pi_r = logp[:n], logp[n:]
         ref_c, ref_r = ref[items, 0].to(logp.device), ref[items, 1].to(logp.device)
@@ -150,6 +168,8 @@ def train_dpo(
             bar.note(f"loss {entry['loss']:.3f} acc {entry['reward_accuracy']:.2f}")
             saves.after_step(trainer, result.steps, total, lambda: {"result": asdict(result)})
     trainer.finish()
+    if frozen is not None:
+        frozen.close()
     if student.runtime.is_main:
         _log_summary(label, result)
     return result

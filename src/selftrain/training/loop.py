@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from selftrain.models import Student
+from selftrain.training.frozen import FrozenStates, layers_from
+from selftrain.training.fused_lora import merged_lora
 
 
 def collate(
@@ -36,12 +38,14 @@ class TokenScorer(nn.Module):
 
     The output layer (49k x 576 for SmolLM2: a fifth of the model's compute per token) is
     applied only at the positions that predict a scored token, not over the prompt and the
-    padding as the model's own forward would."""
+    padding as the model's own forward would. LoRA layers run as one matmul each in fp32
+    (:mod:`.fused_lora`)."""
 
-    def __init__(self, model: nn.Module, autocast: bool = False):
+    def __init__(self, model: nn.Module, autocast: bool = False, fuse_lora: bool = True):
         super().__init__()
         self.model = model
         self.autocast = autocast
+        self.fuse_lora = fuse_lora  # LoRA layers as one matmul in fp32 (fused_lora.py)
         # what accelerate's FSDP2 wrapping reads off a transformers model
         self._no_split_modules = getattr(model, "_no_split_modules", None)
 
@@ -59,33 +63,49 @@ class TokenScorer(nn.Module):
         src: torch.Tensor,
         targets: torch.Tensor,
         position_ids: torch.Tensor | None = None,
+        hidden: torch.Tensor | None = None,
+        start: int = 0,
     ) -> torch.Tensor:
         """``[n]`` log-probability of token ``targets[i]`` predicted from position ``src[i]``
-        of row ``rows[i]`` (fp32)."""
+        of row ``rows[i]`` (fp32). With ``hidden`` (the rows' states after the first
+        ``start`` layers, :mod:`selftrain.training.frozen`) only the layers above run."""
         model = self.model
         device = input_ids.device.type
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=self.autocast):
-            hidden = model.get_decoder()(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
-            ).last_hidden_state
-            logits = model.get_output_embeddings()(hidden[rows, src])
+        decoder = model.get_decoder()
+        kwargs = {"attention_mask": attention_mask, "position_ids": position_ids}
+        with (
+            torch.autocast(device, dtype=torch.bfloat16, enabled=self.autocast),
+            merged_lora(model, self.fuse_lora and not self.autocast),
+        ):
+            if hidden is None:
+                out = decoder(input_ids=input_ids, **kwargs).last_hidden_state
+            else:
+                with layers_from(decoder, start):
+                    out = decoder(inputs_embeds=hidden, **kwargs).last_hidden_state
+            logits = model.get_output_embeddings()(out[rows, src])
         return -F.cross_entropy(logits.float(), targets, reduction="none")
 
 
 def scorer_of(student: Student) -> TokenScorer:
     """A :class:`TokenScorer` over the student's model (no copy of any weight)."""
-    return TokenScorer(student.model, autocast=student.cfg.autocast_bf16)
+    cfg = student.cfg
+    return TokenScorer(student.model, autocast=cfg.autocast_bf16, fuse_lora=cfg.fused_lora)
 
 
 def token_logps(
-    scorer: nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+    scorer: nn.Module,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    labels: torch.Tensor,
+    frozen: FrozenRows | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sequence: the summed log-probability of the labelled tokens, and their count.
-    ``scorer`` is a :class:`TokenScorer`, possibly wrapped by DDP or FSDP."""
+    ``scorer`` is a :class:`TokenScorer`, possibly wrapped by DDP or FSDP; with ``frozen``,
+    the rows' cached states below the trainable layers."""
     target = labels[:, 1:]
     where = target != -100
     rows, src = where.nonzero(as_tuple=True)
-    logp_tok = scorer(ids, mask, rows, src, target[where])
+    logp_tok = scorer(ids, mask, rows, src, target[where], **_frozen_kwargs(frozen, ids))
     logp = torch.zeros(ids.shape[0], dtype=logp_tok.dtype, device=ids.device)
     return logp.index_add(0, rows, logp_tok), where.sum(-1)
 
@@ -142,7 +162,7 @@ def collate_pairs(
 
 
 def packed_pair_logps(
-    scorer: nn.Module, batch: dict[str, torch.Tensor]
+    scorer: nn.Module, batch: dict[str, torch.Tensor], frozen: FrozenRows | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probabilities and token counts of a :func:`collate_pairs` batch: ``[2n]``,
     the n chosen answers then the n rejected ones (as :func:`token_logps` of ``collate`` of
@@ -155,6 +175,7 @@ def packed_pair_logps(
         batch["src"],
         batch["targets"],
         position_ids=batch["position_ids"],
+        **_frozen_kwargs(frozen, batch["input_ids"]),
     )
     logp = torch.zeros(2 * n, dtype=logp_tok.dtype, device=logp_tok.device)
     logp = logp.index_add(0, batch["seq"], logp_tok)
@@ -166,16 +187,69 @@ def pair_logps(
     pairs: Sequence[tuple[list[int], list[int], list[int]]],
     pad_id: int,
     pack: bool,
+    frozen: FrozenRows | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``[2n]`` summed log-probs and counts of the pairs' chosen then rejected answers:
     packed (:func:`collate_pairs`) where the attention takes it (``pack``, see
     :func:`can_pack_pairs`) and every prompt has a token to predict the first answer token
-    from, else one padded sequence per answer."""
+    from, else one padded sequence per answer. ``frozen``: the packed rows' cached states
+    (:func:`pair_states`; packed pairs only)."""
     device = module_device(scorer)
     if pack and all(p for p, _, _ in pairs):
-        return packed_pair_logps(scorer, collate_pairs(pairs, pad_id, device))
+        return packed_pair_logps(scorer, collate_pairs(pairs, pad_id, device), frozen)
     seqs = [(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs]
     return token_logps(scorer, *collate(seqs, pad_id, device))
+
+
+class FrozenRows:
+    """Which rows of a :class:`~selftrain.training.frozen.FrozenStates` a batch holds."""
+
+    def __init__(self, states: FrozenStates, items: Sequence[int]):
+        self.states, self.items = states, list(items)
+
+
+def _frozen_kwargs(frozen: FrozenRows | None, ids: torch.Tensor) -> dict:
+    if frozen is None:
+        return {}
+    hidden = frozen.states.rows(frozen.items, ids.shape[1], ids.device)
+    return {"hidden": hidden, "start": frozen.states.layers}
+
+
+def frozen_rows(states: FrozenStates | None, items: Sequence[int]) -> FrozenRows | None:
+    return None if states is None else FrozenRows(states, items)
+
+
+def sequence_states(
+    student: Student, data: Sequence[tuple[list[int], list[int]]], spill=None
+) -> FrozenStates | None:
+    """The frozen layers' states of ``(prompt, completion)`` sequences (rows as
+    :func:`collate` makes them), or None where nothing is cached."""
+    device = student.device
+
+    def inputs(items: list[int]) -> dict[str, torch.Tensor]:
+        ids, mask, _ = collate([data[i] for i in items], student.pad_id, device)
+        return {"input_ids": ids, "attention_mask": mask}
+
+    lengths = [len(p) + len(c) for p, c in data]
+    return FrozenStates.build(student, len(data), inputs, lengths, spill=spill)
+
+
+def pair_states(
+    student: Student, pairs: Sequence[tuple[list[int], list[int], list[int]]], spill=None
+) -> FrozenStates | None:
+    """The frozen layers' states of the pairs packed one row each (:func:`collate_pairs`),
+    or None where they are not packed or nothing is cached."""
+    if not (can_pack_pairs(student.model) and all(p for p, _, _ in pairs)):
+        return None
+    device = student.device
+
+    def inputs(items: list[int]) -> dict[str, torch.Tensor]:
+        batch = collate_pairs([pairs[i] for i in items], student.pad_id, device)
+        keys = ("input_ids", "attention_mask", "position_ids")
+        return {k: batch[k] for k in keys}
+
+    lengths = [sum(map(len, pair)) for pair in pairs]
+    return FrozenStates.build(student, len(pairs), inputs, lengths, spill=spill)
 
 
 def module_device(module: nn.Module) -> torch.device:

@@ -15,7 +15,15 @@ from selftrain import progress, tracking
 from selftrain.config import OptimizerConfig
 from selftrain.models import Student
 from selftrain.training.checkpoints import StepCheckpoints, fingerprint, resume_plan
-from selftrain.training.loop import batch_plan, collate, scorer_of, token_logps
+from selftrain.training.frozen import FrozenStates
+from selftrain.training.loop import (
+    batch_plan,
+    collate,
+    frozen_rows,
+    scorer_of,
+    sequence_states,
+    token_logps,
+)
 from selftrain.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -63,12 +71,16 @@ def train_sft(
     digest = fingerprint(student, "sft", data, settings, total, seed, eval_every, patience)
     saves = StepCheckpoints(checkpoints, cfg, student, digest)
     saves.load_weights()
+    # the frozen bottom layers' states, once for every epoch (selftrain.training.frozen); a
+    # stage that sees each example once (RFT's one epoch) has nothing to save by them
+    several = total * cfg.batch_size > len(data)
+    frozen = sequence_states(student, data, spill=checkpoints) if several else None
     trainer = Trainer(student, cfg, total)
     device = student.runtime.device
 
     def loss_of(module, items: list[int]):
         ids, mask, labels = collate([data[i] for i in items], student.pad_id, device)
-        logp, _ = token_logps(module, ids, mask, labels)
+        logp, _ = token_logps(module, ids, mask, labels, frozen_rows(frozen, items))
         nll = -logp.sum()
         return nll, {"nll": nll}
 
@@ -105,6 +117,8 @@ def train_sft(
                 lambda: {"result": asdict(result), "best": best.state_dict()},
             )
     trainer.finish()
+    if frozen is not None:
+        frozen.close()
     best.restore(result)
     return result
 
@@ -152,14 +166,19 @@ class _Best:
 
 @torch.no_grad()
 def validation_loss(
-    student: Student, data: Sequence[tuple[list[int], list[int]]], batch_size: int = 16
+    student: Student,
+    data: Sequence[tuple[list[int], list[int]]],
+    batch_size: int = 16,
+    frozen: FrozenStates | None = None,
 ) -> float:
-    """Mean per-token loss of ``data``'s completions."""
+    """Mean per-token loss of ``data``'s completions (``frozen``: their cached states below
+    the trainable layers, :func:`~selftrain.training.loop.sequence_states`)."""
     total, count = 0.0, 0
     scorer = scorer_of(student)
     for i in range(0, len(data), batch_size):
         ids, mask, labels = collate(data[i : i + batch_size], student.pad_id, student.device)
-        logp, n = token_logps(scorer, ids, mask, labels)
+        items = range(i, min(i + batch_size, len(data)))
+        logp, n = token_logps(scorer, ids, mask, labels, frozen_rows(frozen, items))
         total += -logp.sum().item()
         count += n.sum().item()
     return total / max(1, count)
