@@ -73,7 +73,7 @@ def train_sft(
     saves.load_weights()
     # the frozen bottom layers' states, once for every epoch (selftrain.training.frozen); a
     # stage that sees each example once (RFT's one epoch) has nothing to save by them
-    several = total * cfg.batch_size > len(data)
+    several = total * cfg.batch_size > 1.5 * len(data)
     frozen = sequence_states(student, data, spill=checkpoints) if several else None
     trainer = Trainer(student, cfg, total)
     device = student.runtime.device
