@@ -327,7 +327,8 @@ def bench_model(model_name: str, args, repeats: int, rows: list, results: list) 
         same = sum(a == b for a, b in zip(llama.texts, run_generate.texts, strict=False))
         print(
             f"{name}: llama.cpp ({Path(gguf).name}) greedy texts equal to generate's: "
-            f"{same} of {len(few)} (its weights or arithmetic differ)",
+            f"{same} of {len(few)}"
+            + ("" if same == len(few) else " (its weights or arithmetic differ)"),
             flush=True,
         )
     ours = "selftrain-vllm" if args.vllm else "selftrain"
