@@ -445,14 +445,14 @@ def test_the_default_students_greedy_answers_are_the_same_with_the_shared_start(
     cfg = StudentConfig(device="cpu", lora=LoraConfig(enabled=False), autocast_bf16=False)
     s = Student.load(cfg)
     task = ArithmeticTask(seed=0)
-    items = [(e.id, s.prompt_ids(task.prompt(e))) for e in task.load("in_domain", 24)]
-    params = SamplingParams(max_new_tokens=48, batch_size=12, calculator=True)
+    items = [(e.id, s.prompt_ids(task.prompt(e))) for e in task.load("in_domain", 16)]
+    params = SamplingParams(max_new_tokens=40, batch_size=16, calculator=True)
     answers = {}
     for shared in (False, True):
         s.cfg = s.cfg.model_copy(update={"shared_prefix": shared})
         answers[shared] = {k: t[0] for b in generate(s, items, params) for k, t, _ in b}
     assert answers[True] == answers[False]
-    assert len(set(answers[True].values())) > 20  # real, varied answers
+    assert len(set(answers[True].values())) > 12  # real, varied answers
 
 
 def test_the_decoding_copy_folds_adapters_without_touching_the_students_weights(make_student):
